@@ -1,0 +1,39 @@
+# imaging-depot — the README's commands. Everything a target needs, it installs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install serve test lint bench system-deps clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[server,test]'
+	touch $@
+
+# Debian tools the tests use as independent checkers (dciodvfy from dicom3tools).
+system-deps:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
+	    || { echo "could not install dicom3tools (dciodvfy)"; exit 1; }; \
+	  else echo "dciodvfy is missing: run 'sudo apt-get install dicom3tools'"; exit 1; fi; }
+
+serve: install
+	$(VENV)/bin/depot serve --demo
+
+lint: install
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
+
+test: install system-deps lint
+	$(VENV)/bin/pytest -n 2 -q
+
+bench: install
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) bench/pseudonymize.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,211 @@
+"""`depot …`: thin on purpose — parses arguments, calls services, prints with rich."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app.config import Settings, get_settings
+from app.projects import ProjectError, create_project, get_project, list_projects, project_engine
+from app.pseudo.batch import iter_inputs, pseudonymize_paths
+from app.pseudo.engine import InstanceResult
+from app.pseudo.private import scan_private
+from app.pseudo.profile import ProfileError, load_profile
+from app.vault import Vault, VaultError
+
+app = typer.Typer(help="imaging-depot: research copies of imaging studies.", no_args_is_help=True)
+project_app = typer.Typer(help="Create and list research projects.", no_args_is_help=True)
+vault_app = typer.Typer(help="The vault: the only way from a pseudonym back to a person.")
+pseudo_app = typer.Typer(help="Inspect what pseudonymization will meet.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(vault_app, name="vault")
+app.add_typer(pseudo_app, name="pseudo")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]Error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@project_app.command("create")
+def project_create(
+    project_id: Annotated[str, typer.Argument(metavar="ID", help="Short ID: a-z, 0-9, dashes.")],
+    title: Annotated[str, typer.Option(help="What the project is about.")],
+    profile: Annotated[str, typer.Option(help="Pseudonymization profile.")] = "research-fr",
+    option: Annotated[
+        list[str] | None, typer.Option(help="Extra PS3.15 option, e.g. clean-structured-content.")
+    ] = None,
+) -> None:
+    """Create a project and its secret key in the vault."""
+    try:
+        project = create_project(_settings(), project_id, title, profile, tuple(option or ()))
+    except (ProjectError, ProfileError, VaultError) as exc:
+        raise _fail(str(exc)) from None
+    applied = load_profile(project.profile, tuple(project.options)).options
+    console.print(f"Project [bold]{project.id}[/bold] created with profile {project.profile}.")
+    console.print("Options: " + ", ".join(f"{o.code} {o.meaning}" for o in applied))
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List projects with their profile and state."""
+    table = Table("ID", "Title", "Profile", "Extra options", "State", "Created")
+    for p in list_projects(_settings()):
+        table.add_row(
+            p.id, p.title, p.profile, ", ".join(p.options), p.state, f"{p.created_at:%Y-%m-%d}"
+        )
+    console.print(table)
+
+
+@app.command()
+def pseudonymize(
+    source: Annotated[Path, typer.Argument(metavar="IN", help="A DICOM file or a folder.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the pseudonymized copy.")],
+    project: Annotated[str, typer.Option(help="Project whose profile and keys to use.")],
+    report: Annotated[
+        Path | None, typer.Option(help="Write the change report (JSON) here.")
+    ] = None,
+    fsync: Annotated[
+        bool, typer.Option(help="Flush each file to disk before renaming it.")
+    ] = False,
+) -> None:
+    """Pseudonymize DICOM files into OUT/<study>/<series>/<instance>.dcm.
+
+    The exit status is the number of files that failed (at most 125).
+    """
+    settings = _settings()
+    try:
+        proj = get_project(settings, project)
+        vault = Vault.from_settings(settings)
+        engine = project_engine(settings, proj, vault)
+        inputs = list(iter_inputs([source]))
+    except (ProjectError, ProfileError, VaultError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    recorded: set[str] = set()
+
+    with Progress(
+        TextColumn("[bold]Pseudonymizing"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=err, transient=False,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("files", total=len(inputs))
+
+        def on_file(_src: Path, result: InstanceResult | None) -> None:
+            # Linkage goes to the vault as soon as a patient is first seen, so a batch that
+            # is interrupted and run again leaves no pseudonym without its way back.
+            if result is not None and result.patient_pseudonym not in recorded:
+                vault.record_linkage(project, result.patient_pseudonym, result.linkage)
+                recorded.add(result.patient_pseudonym)
+            progress.advance(task)
+
+        batch = pseudonymize_paths(inputs, out, engine, fsync=fsync, on_file=on_file)
+
+    if report:
+        report.write_text(json.dumps(batch.to_json(), indent=1))
+    _print_batch_summary(batch, report)
+    raise typer.Exit(min(len(batch.failures), 125))
+
+
+def _print_batch_summary(batch, report: Path | None) -> None:
+    table = Table("Files", "Pseudonymized", "Failed", "Patients", "Studies", "Series")
+    table.add_row(
+        str(len(batch.instances) + len(batch.failures)),
+        str(len(batch.instances)),
+        str(len(batch.failures)),
+        str(len({r.patient_pseudonym for r in batch.instances})),
+        str(len({r.study_uid for r in batch.instances})),
+        str(len({r.series_uid for r in batch.instances})),
+    )
+    console.print(table)
+    if batch.failures:
+        failed = Table("Input file", "Why it failed", title="Not pseudonymized")
+        for failure in batch.failures[:50]:
+            failed.add_row(str(failure.source), failure.reason)
+        console.print(failed)
+        if len(batch.failures) > 50:
+            console.print(f"… and {len(batch.failures) - 50} more; see the report.")
+    if report:
+        console.print(f"Change report written to {report}.")
+
+
+@pseudo_app.command("private-report")
+def private_report(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="DICOM files or a folder.")],
+    project: Annotated[
+        str | None, typer.Option(help="Show what this project's profile keeps.")
+    ] = None,
+) -> None:
+    """List the private creators and elements found (never their values)."""
+    settings = _settings()
+    try:
+        profile = None
+        if project:
+            proj = get_project(settings, project)
+            profile = load_profile(proj.profile, tuple(proj.options))
+        rows = scan_private(iter_inputs([folder]), profile)
+    except (ProjectError, ProfileError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table("Group", "Creator", "Element", "VR", "Files", "Safe (E.3.10-1)", "Kept")
+    for row in rows:
+        table.add_row(
+            f"{row.group:04X}", row.creator, f"xx{row.element:02X}", row.vr, str(row.files),
+            "yes" if row.safe else "", "yes" if row.kept else ("?" if profile is None else ""),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"{len(rows)} private elements under {len({(r.group, r.creator) for r in rows})} creators."
+    )
+
+
+@vault_app.command("reidentify")
+def vault_reidentify(
+    pseudonym: Annotated[str, typer.Argument(help="The patient pseudonym, e.g. P3KQ…")],
+    project: Annotated[str, typer.Option(help="The project the pseudonym belongs to.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the re-identification log).")] = "",
+) -> None:
+    """Print the original PatientID behind a pseudonym. Every call is recorded."""
+    try:
+        identifiers = Vault.from_settings(_settings()).reidentify(
+            project, pseudonym, actor=getpass.getuser(), reason=reason
+        )
+    except VaultError as exc:
+        raise _fail(str(exc)) from None
+    console.print(identifiers.get("PatientID", ""))
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    demo: Annotated[bool, typer.Option(help="Create the 'demo' project if missing.")] = False,
+) -> None:
+    """Start the HTTP server."""
+    import uvicorn  # the server extra; the CLI alone does not need it
+
+    settings = _settings()
+    if demo:
+        try:
+            get_project(settings, "demo")
+        except ProjectError:
+            create_project(settings, "demo", "Demonstration project", "research-fr")
+            console.print("Created the [bold]demo[/bold] project (profile research-fr).")
+    console.print(f"imaging-depot on http://{host}:{port} — data in {settings.resolved_data_dir}")
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)

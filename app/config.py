@@ -1,0 +1,48 @@
+"""One Settings object for the whole server, read from `DEPOT_*` environment variables.
+
+Defaults are the embedded deployment: everything under the data directory, no other setup.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the server keeps things; each `*_url` left empty falls back to the data dir."""
+
+    model_config = SettingsConfigDict(env_prefix="DEPOT_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    vault_url: str = ""
+    vault_key: str = ""
+    blob_url: str = ""
+    public_url: str = ""
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        path = self.data_dir.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def index_url(self) -> str:
+        """The index database (projects, studies, …): SQLite under the data dir by default."""
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'index.sqlite'}"
+
+    @property
+    def vault_database_url(self) -> str:
+        """The vault is a separate database so it can live in a separate environment."""
+        return self.vault_url or f"sqlite:///{self.resolved_data_dir / 'vault.sqlite'}"
+
+    @property
+    def vault_key_file(self) -> Path:
+        return self.resolved_data_dir / "vault.key"
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,48 @@
+"""FastAPI app factory: wires settings to the stores and the routers.
+
+The DICOMweb and FHIR routers arrive with their issues; this holds what every deployment needs
+from the start: health checks that tell an orchestrator whether the server can do its job.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app import __version__
+from app.config import Settings, get_settings
+from app.store.index import index_engine
+from app.vault import Vault, VaultError
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="imaging-depot", version=__version__)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        """The process is up."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """The index and the vault answer: the server can take work."""
+        checks = {}
+        try:
+            with index_engine(settings.index_url).connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["index"] = "ok"
+        except Exception:
+            checks["index"] = "unavailable"
+        try:
+            Vault.from_settings(settings).has_project("-")
+            checks["vault"] = "ok"
+        except (VaultError, Exception):
+            checks["vault"] = "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", **checks}, 200 if ready else 503
+        )
+
+    return app

@@ -1,0 +1,122 @@
+"""Batches of files: walk the inputs, pseudonymize each, keep going past bad ones, report.
+
+The report says, per output instance, which attribute got which action — never a value, never
+an input file name (names can carry identities: "DUPONT_Jean.dcm").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app import __version__
+from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
+from app.pseudo.files import UnreadableInput, pseudonymize_file
+from app.pseudo.profile import TABLE_EDITION
+
+_ITEM_INDEX = re.compile(r"\[\d+\]")
+
+
+@dataclass
+class Failure:
+    source: Path  # shown to the data manager on the ingest side, never written to a report
+    reason: str
+
+    def input_digest(self) -> str:
+        """Lets the data manager find the file again without the report naming it."""
+        try:
+            return hashlib.sha256(self.source.read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+
+@dataclass
+class BatchReport:
+    engine: Deidentifier
+    instances: list[InstanceResult] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def linkage(self) -> dict[str, dict[str, str]]:
+        """Pseudonym → original identifiers, for the vault only; never serialized here."""
+        return {r.patient_pseudonym: r.linkage for r in self.instances}
+
+    def summary(self) -> list[tuple[str, str, int]]:
+        """(attribute path, action, number of instances), most frequent first."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for result in self.instances:
+            counts.update({(_ITEM_INDEX.sub("[]", p), a) for p, a in result.changes})
+        return [(p, a, n) for (p, a), n in counts.most_common()]
+
+    def to_json(self) -> dict:
+        profile = self.engine.profile
+        return {
+            "tool": f"imaging-depot {__version__}",
+            "profile": profile.name,
+            "profile_version": profile.version,
+            "table": f"DICOM PS3.15 Table E.1-1 {TABLE_EDITION}",
+            "options": [{"code": o.code, "meaning": o.meaning} for o in profile.options],
+            "instances": [
+                {
+                    "study": r.study_uid,
+                    "series": r.series_uid,
+                    "sop": r.sop_uid,
+                    "sop_class": r.sop_class_uid,
+                    "patient": r.patient_pseudonym,
+                    "changes": [list(c) for c in r.changes],
+                }
+                for r in self.instances
+            ],
+            "summary": [
+                {"attribute": p, "action": a, "instances": n} for p, a, n in self.summary()
+            ],
+            "failures": [
+                {"input_sha256": f.input_digest(), "reason": f.reason} for f in self.failures
+            ],
+        }
+
+
+def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files given, and files under folders given, in a stable order; hidden files skipped."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if child.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    yield child
+        elif path.is_file():
+            yield path
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+
+
+def pseudonymize_paths(
+    inputs: list[Path],
+    out_dir: Path,
+    engine: Deidentifier,
+    *,
+    fsync: bool = False,
+    on_file: Callable[[Path, InstanceResult | None], None] | None = None,
+) -> BatchReport:
+    """Pseudonymize every input; a bad file is recorded and the batch goes on."""
+    report = BatchReport(engine)
+    for src in inputs:
+        try:
+            result, target = pseudonymize_file(src, out_dir, engine, fsync=fsync)
+        except (UnreadableInput, DeidentificationError) as exc:
+            report.failures.append(Failure(src, str(exc)))
+            result = None
+        except OSError as exc:
+            report.failures.append(Failure(src, f"cannot read or write ({exc.strerror})"))
+            result = None
+        else:
+            report.instances.append(result)
+            report.outputs.append(target)
+        if on_file:
+            on_file(src, result)
+    return report

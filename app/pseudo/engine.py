@@ -1,0 +1,366 @@
+"""The dataset walker: applies a compiled profile to one DICOM header, at every depth.
+
+It works on the header only (pixel data never reaches it, see `app.pseudo.files`) and touches
+an element only when its rule changes it: untouched elements stay raw bytes and are written
+back as they were read, which is what makes the engine faster than a plain read and write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from app import __version__
+from app.pseudo.dates import UnparsableDate, shift_da, shift_dt, year_of
+from app.pseudo.keys import ProjectKeys
+from app.pseudo.private import (
+    UID_LIKE,
+    block_of,
+    is_creator_element,
+    is_valid_private_group,
+    safe_private_attributes,
+)
+from app.pseudo.profile import Profile, Rule, describe_tag, format_tag, kept_uid_attributes
+from app.pseudo.text import PatientIdentifiers, TextCleaner
+
+TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "PN", "TM", "UI", "UR"}
+MAX_LENGTH = {"SH": 16, "LO": 64, "ST": 1024, "PN": 64, "AE": 16, "CS": 16}
+DICOM_ROOT = "1.2.840.10008."
+DUMMY = {
+    "AE": "ANONYMOUS", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101",
+    "DT": "19000101000000", "TM": "000000", "DS": "0", "IS": "0", "PN": "ANONYMIZED",
+    "LO": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED", "LT": "ANONYMIZED",
+    "UT": "ANONYMIZED", "UC": "ANONYMIZED", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0,
+    "UL": 0, "US": 0, "SV": 0, "UV": 0,
+}  # fmt: skip
+_PATIENT_NAME_TAGS = (0x00100010, 0x00101001, 0x00101005, 0x00101060)
+_PATIENT_ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00101090, 0x00101050)
+MIN_ID_LENGTH = 4  # shorter IDs ("1", "42") would wipe ordinary numbers out of free text
+
+
+class DeidentificationError(ValueError):
+    """The dataset cannot be pseudonymized; the message names no value, only the reason."""
+
+
+@dataclass
+class InstanceResult:
+    """What one instance became: its new UIDs, its patient's pseudonym, what was changed."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    patient_pseudonym: str
+    linkage: dict[str, str]
+    changes: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Patient:
+    pseudonym: str
+    offset_days: int
+    cleaner: TextCleaner
+
+
+def _str_values(elem: DataElement) -> list[str]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(v) for v in value if v not in (None, "")]
+    return [str(value)]
+
+
+def _vr_of(raw, tag: int) -> str:
+    """The element's VR without decoding it; UN and implicit VR fall back to the dictionary."""
+    if raw.VR and raw.VR != "UN":
+        return raw.VR
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+class Deidentifier:
+    """Applies one project's profile with one project's keys; safe to reuse across files."""
+
+    def __init__(self, profile: Profile, keys: ProjectKeys) -> None:
+        self.profile = profile
+        self.keys = keys
+        self._uid_cache: dict[str, str] = {}
+        self._kept_uids = kept_uid_attributes()
+        allowed = set(profile.private_keep)
+        if profile.keeps_safe_private:
+            allowed |= safe_private_attributes()
+        self._private_allowed = frozenset(allowed)
+
+    # -- keyed mappings ---------------------------------------------------------------------
+    def map_uid(self, uid: str) -> str:
+        uid = uid.strip().rstrip("\0")
+        if not uid or uid.startswith(DICOM_ROOT):
+            return uid
+        mapped = self._uid_cache.get(uid)
+        if mapped is None:
+            mapped = self._uid_cache[uid] = self.keys.uid(uid)
+        return mapped
+
+    def _patient(self, ds: Dataset) -> tuple[_Patient, dict[str, str]]:
+        patient_id = str(ds.get("PatientID", "") or "").strip()
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        name = str(ds.get("PatientName", "") or "").strip()
+        birth = str(ds.get("PatientBirthDate", "") or "").strip()
+        if patient_id:
+            key = f"id\x1f{issuer}\x1f{patient_id}"
+        elif name:
+            key = f"name\x1f{name.upper()}\x1f{birth}"
+        else:  # nothing names the patient: one pseudonymous patient per study
+            key = f"study\x1f{ds.get('StudyInstanceUID', '')}"
+        linkage = {k: v for k, v in (("PatientID", patient_id), ("IssuerOfPatientID", issuer))}
+        if not patient_id:
+            linkage["PatientID"] = ""
+        names = [str(ds[t].value) for t in _PATIENT_NAME_TAGS if t in ds and ds[t].value]
+        ids = [v for t in _PATIENT_ID_TAGS if t in ds for v in _str_values(ds[t])]
+        ids = [v for v in ids if len(v.strip()) >= MIN_ID_LENGTH]
+        identifiers = PatientIdentifiers.from_header(names, ids, [birth] if birth else [])
+        offset = self.keys.date_offset_days(key)
+        shift = (lambda d: d + dt.timedelta(days=offset)) if self.profile.shifts_dates else None
+        patient = _Patient(
+            self.keys.patient_pseudonym(key), offset, TextCleaner(identifiers, shift)
+        )
+        return patient, linkage
+
+    # -- the walk -----------------------------------------------------------------------------
+    def deidentify(self, ds: Dataset) -> InstanceResult:
+        """Pseudonymize `ds` in place (header only) and say what it became."""
+        for required in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not str(ds.get(required, "") or "").strip():
+                raise DeidentificationError(f"missing {required}: not a storable DICOM instance")
+        patient, linkage = self._patient(ds)
+        changes: list[tuple[str, str]] = []
+        self._walk(ds, patient, "", changes)
+        for elem in self._marker_elements():
+            ds[elem.tag] = elem
+        return InstanceResult(
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            patient_pseudonym=patient.pseudonym,
+            linkage=linkage,
+            changes=changes,
+        )
+
+    def _walk(self, ds: Dataset, patient: _Patient, path: str, changes: list) -> None:
+        creators: dict[tuple[int, int], str] = {}
+        kept_blocks: set[tuple[int, int]] = set()
+        for tag in sorted(ds.keys()):
+            group, element = tag >> 16, tag & 0xFFFF
+            if group & 1:
+                self._private(ds, tag, patient, path, changes, creators, kept_blocks)
+                continue
+            if element == 0:  # group lengths are retired; pydicom does not write them anyway
+                del ds[tag]
+                continue
+            rule = self.profile.rule_for(tag)
+            vr = _vr_of(ds.get_item(tag), tag)
+            action = rule.action if rule else self._default_action(vr)
+            self._apply(ds, tag, vr, action, rule, patient, path, changes)
+        for key in creators.keys() - kept_blocks:
+            del ds[(key[0] << 16) | key[1]]
+
+    def _default_action(self, vr: str) -> str:
+        """Attributes the table does not list are kept, but handled by VR (PS3.15 E.1.1 n.4)."""
+        if vr == "UI":
+            return "U"
+        if vr in ("DA", "DT"):
+            return "C" if self.profile.shifts_dates else "X"
+        if vr == "PN":
+            return "D"
+        if vr in TEXT_VRS:
+            return "C"
+        return "K"
+
+    def _apply(self, ds, tag, vr, action, rule, patient, path, changes) -> None:
+        if action == "K" and vr != "SQ":
+            return  # the common case: the raw bytes are written back untouched
+        where = path + describe_tag(tag)
+        if action == "X":
+            del ds[tag]
+            changes.append((where, "X"))
+            return
+        if action == "Z":
+            ds[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else None)
+            changes.append((where, "Z"))
+            return
+        if vr == "SQ":  # K, C, D, U on a sequence: keep it and clean every item with the table
+            for i, item in enumerate(ds[tag].value):
+                self._walk(item, patient, f"{where}[{i}].", changes)
+            return
+        elem = ds[tag]
+        if vr == "UI" or action == "U":
+            self._map_uids(elem, tag, where, changes)
+        elif action == "pseudonym":
+            elem.value = patient.pseudonym
+            changes.append((where, "pseudonym"))
+        elif action == "token":
+            self._tokenize(elem, rule, where, changes)
+        elif action == "birth-date":
+            self._birth_date(elem, where, patient, changes)
+        elif action == "D":
+            self._dummy(elem, vr, patient, where, changes)
+        elif action == "C":
+            self._clean(ds, elem, vr, patient, where, changes)
+
+    def _map_uids(self, elem: DataElement, tag: int, where: str, changes: list) -> None:
+        if tag in self._kept_uids or elem.VR != "UI" or elem.value in (None, ""):
+            return
+        if isinstance(elem.value, MultiValue | list):
+            elem.value = [self.map_uid(str(v)) for v in elem.value]
+        else:
+            elem.value = self.map_uid(str(elem.value))
+        changes.append((where, "U"))
+
+    def _tokenize(self, elem: DataElement, rule: Rule, where: str, changes: list) -> None:
+        values = _str_values(elem)
+        if not values:
+            return
+        domain = rule.prefix or where
+        limit = MAX_LENGTH.get(elem.VR, 64)
+        tokens = []
+        for v in values:
+            normalized = " ".join(v.replace("^", " ").split()).casefold()
+            tokens.append((rule.prefix + self.keys.token(domain, normalized))[:limit])
+        elem.value = tokens if len(tokens) > 1 else tokens[0]
+        changes.append((where, "token"))
+
+    def _birth_date(self, elem, where, patient, changes) -> None:
+        value = str(elem.value or "").strip()
+        if not value:
+            return
+        try:
+            if self.profile.birth_date == "year":
+                elem.value = year_of(value)
+            else:
+                elem.value = shift_da(value, patient.offset_days)
+        except UnparsableDate:
+            elem.value = None
+            changes.append((where, "Z"))
+            return
+        changes.append((where, f"birth-date:{self.profile.birth_date}"))
+
+    def _dummy(self, elem, vr, patient, where, changes) -> None:
+        if vr in ("DA", "DT") and self.profile.shifts_dates:
+            self._shift(elem, vr, patient, where, changes)
+            return
+        elem.value = DUMMY.get(vr)
+        changes.append((where, "D"))
+
+    def _shift(self, elem, vr, patient, where, changes) -> None:
+        value = str(elem.value or "")
+        if not value.strip():
+            return
+        try:
+            shifted = (shift_da if vr == "DA" else shift_dt)(value, patient.offset_days)
+        except UnparsableDate:
+            elem.value = None
+            changes.append((where, "Z"))
+            return
+        elem.value = shifted
+        changes.append((where, "shift"))
+
+    def _clean(self, ds, elem, vr, patient, where, changes) -> None:
+        if vr in ("DA", "DT"):
+            if self.profile.shifts_dates:
+                self._shift(elem, vr, patient, where, changes)
+            else:
+                del ds[elem.tag]
+                changes.append((where, "X"))
+        elif vr in TEXT_VRS:
+            self._clean_text(elem, vr, patient, where, changes)
+        elif vr == "PN":
+            self._dummy(elem, vr, patient, where, changes)
+        elif vr not in STRING_VRS:
+            # Binary values (overlay bitmaps, curves) cannot be cleaned without looking at
+            # them: they are removed, which is always allowed where cleaning is.
+            del ds[elem.tag]
+            changes.append((where, "X"))
+
+    def _clean_text(self, elem, vr, patient, where, changes) -> None:
+        values = _str_values(elem)
+        cleaned = [patient.cleaner.clean(v) for v in values]
+        if any(c is not v for c, v in zip(cleaned, values, strict=True)):
+            limit = MAX_LENGTH.get(vr)
+            cleaned = [c[:limit] if limit else c for c in cleaned]
+            elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+            changes.append((where, "C"))
+
+    # -- private elements -----------------------------------------------------------------------
+    def _private(self, ds, tag, patient, path, changes, creators, kept_blocks) -> None:
+        group, element = tag >> 16, tag & 0xFFFF
+        where = f"{path}{format_tag(tag)}"
+        if not is_valid_private_group(group) or element < 0x10:
+            del ds[tag]
+            changes.append((where, "X"))
+            return
+        if is_creator_element(element):
+            creators[(group, element)] = str(ds[tag].value or "").strip()
+            return
+        creator = creators.get((group, block_of(element)))
+        if creator is None or (group, creator, element & 0xFF) not in self._private_allowed:
+            del ds[tag]
+            changes.append((where, "X"))
+            return
+        kept_blocks.add((group, block_of(element)))
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                self._walk(item, patient, f"{where}[{i}].", changes)
+        elif elem.VR in ("UI", "UN", "LO", "SH"):
+            self._map_private_uid(elem, where, patient, changes)
+        elif elem.VR in ("DA", "DT"):
+            self._shift(elem, elem.VR, patient, where, changes)
+        elif elem.VR in TEXT_VRS:
+            self._clean_text(elem, elem.VR, patient, where, changes)
+
+    def _map_private_uid(self, elem, where, patient, changes) -> None:
+        value = elem.value
+        if isinstance(value, bytes):
+            if len(value) > 64:
+                return
+            text = value.decode("ascii", "replace").strip("\0 ")
+        else:
+            text = str(value or "").strip("\0 ")
+        if UID_LIKE.match(text) and not text.startswith(DICOM_ROOT):
+            mapped = self.map_uid(text)
+            if isinstance(value, bytes):
+                mapped_bytes = mapped.encode("ascii")
+                elem.value = mapped_bytes + b"\0" * (len(mapped_bytes) % 2)
+            else:
+                elem.value = mapped
+            changes.append((where, "U"))
+        elif elem.VR in TEXT_VRS:
+            self._clean_text(elem, elem.VR, patient, where, changes)
+
+    # -- markers (PS3.15 E.1.1 item 4) ----------------------------------------------------------
+    def _marker_elements(self) -> list[DataElement]:
+        codes = Sequence()
+        for option in self.profile.options:
+            item = Dataset()
+            item.CodeValue = option.code
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = option.meaning
+            codes.append(item)
+        modified = "MODIFIED" if self.profile.shifts_dates else "REMOVED"
+        return [
+            DataElement(0x00120062, "CS", "YES"),
+            DataElement(0x00120063, "LO", self.profile.method_description(__version__)),
+            DataElement(0x00120064, "SQ", codes),
+            DataElement(0x00280303, "CS", modified),
+        ]
