@@ -11,12 +11,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from app import __version__
+from app.dicom.part10 import raw_element
 from app.pseudo.dates import UnparsableDate, shift_da, shift_dt, year_of
 from app.pseudo.keys import ProjectKeys
 from app.pseudo.private import (
@@ -78,6 +79,18 @@ def _str_values(elem: DataElement) -> list[str]:
     return [str(value)]
 
 
+def _peek(ds: Dataset, tag: int) -> DataElement:
+    """The element decoded, without storing the decoded form in `ds`.
+
+    An element left raw is written back from its original bytes (app.dicom.part10): only
+    elements that actually change should be stored decoded.
+    """
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return convert_raw_data_element(elem, encoding=ds.original_character_set, ds=ds)
+    return elem
+
+
 def _vr_of(raw, tag: int) -> str:
     """The element's VR without decoding it; UN and implicit VR fall back to the dictionary."""
     if raw.VR and raw.VR != "UN":
@@ -100,6 +113,7 @@ class Deidentifier:
         if profile.keeps_safe_private:
             allowed |= safe_private_attributes()
         self._private_allowed = frozenset(allowed)
+        self._encoded_markers: dict[tuple[bool, bool], list] = {}
 
     # -- keyed mappings ---------------------------------------------------------------------
     def map_uid(self, uid: str) -> str:
@@ -145,7 +159,7 @@ class Deidentifier:
         patient, linkage = self._patient(ds)
         changes: list[tuple[str, str]] = []
         self._walk(ds, patient, "", changes)
-        for elem in self._marker_elements():
+        for elem in self._markers(*ds.original_encoding):
             ds[elem.tag] = elem
         return InstanceResult(
             study_uid=str(ds.StudyInstanceUID),
@@ -174,6 +188,17 @@ class Deidentifier:
             self._apply(ds, tag, vr, action, rule, patient, path, changes)
         for key in creators.keys() - kept_blocks:
             del ds[(key[0] << 16) | key[1]]
+        self._drop_orphaned_overlays(ds, path, changes)
+
+    def _drop_orphaned_overlays(self, ds: Dataset, path: str, changes: list) -> None:
+        """An overlay whose data was removed is removed whole: a half Overlay Plane module
+        (rows, columns, origin without data) is invalid (PS3.3 C.9.2)."""
+        groups = {t >> 16 for t in ds.keys() if t >> 24 == 0x60}
+        for group in groups:
+            if (group << 16 | 0x3000) not in ds:
+                for tag in [t for t in ds.keys() if t >> 16 == group]:
+                    del ds[tag]
+                changes.append((f"{path}({group:04X},xxxx)", "X"))
 
     def _default_action(self, vr: str) -> str:
         """Attributes the table does not list are kept, but handled by VR (PS3.15 E.1.1 n.4)."""
@@ -203,10 +228,14 @@ class Deidentifier:
             for i, item in enumerate(ds[tag].value):
                 self._walk(item, patient, f"{where}[{i}].", changes)
             return
-        elem = ds[tag]
         if vr == "UI" or action == "U":
-            self._map_uids(elem, tag, where, changes)
-        elif action == "pseudonym":
+            self._map_uids(ds, tag, where, changes)
+            return
+        if action == "C" and vr in TEXT_VRS:
+            self._clean_text(ds, tag, vr, patient, where, changes)
+            return
+        elem = ds[tag]
+        if action == "pseudonym":
             elem.value = patient.pseudonym
             changes.append((where, "pseudonym"))
         elif action == "token":
@@ -218,14 +247,20 @@ class Deidentifier:
         elif action == "C":
             self._clean(ds, elem, vr, patient, where, changes)
 
-    def _map_uids(self, elem: DataElement, tag: int, where: str, changes: list) -> None:
-        if tag in self._kept_uids or elem.VR != "UI" or elem.value in (None, ""):
+    def _map_uids(self, ds: Dataset, tag: int, where: str, changes: list) -> None:
+        if tag in self._kept_uids:
+            return
+        elem = _peek(ds, tag)
+        if elem.VR != "UI" or elem.value in (None, ""):
             return
         if isinstance(elem.value, MultiValue | list):
-            elem.value = [self.map_uid(str(v)) for v in elem.value]
+            mapped = [self.map_uid(str(v)) for v in elem.value]
         else:
-            elem.value = self.map_uid(str(elem.value))
-        changes.append((where, "U"))
+            mapped = self.map_uid(str(elem.value))
+        if mapped != elem.value:
+            elem.value = mapped
+            ds[tag] = elem
+            changes.append((where, "U"))
 
     def _tokenize(self, elem: DataElement, rule: Rule, where: str, changes: list) -> None:
         values = _str_values(elem)
@@ -283,7 +318,7 @@ class Deidentifier:
                 del ds[elem.tag]
                 changes.append((where, "X"))
         elif vr in TEXT_VRS:
-            self._clean_text(elem, vr, patient, where, changes)
+            self._clean_text(ds, elem.tag, vr, patient, where, changes)
         elif vr == "PN":
             self._dummy(elem, vr, patient, where, changes)
         elif vr not in STRING_VRS:
@@ -292,13 +327,15 @@ class Deidentifier:
             del ds[elem.tag]
             changes.append((where, "X"))
 
-    def _clean_text(self, elem, vr, patient, where, changes) -> None:
+    def _clean_text(self, ds, tag, vr, patient, where, changes) -> None:
+        elem = _peek(ds, tag)
         values = _str_values(elem)
         cleaned = [patient.cleaner.clean(v) for v in values]
         if any(c is not v for c, v in zip(cleaned, values, strict=True)):
             limit = MAX_LENGTH.get(vr)
             cleaned = [c[:limit] if limit else c for c in cleaned]
             elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+            ds[tag] = elem
             changes.append((where, "C"))
 
     # -- private elements -----------------------------------------------------------------------
@@ -310,7 +347,7 @@ class Deidentifier:
             changes.append((where, "X"))
             return
         if is_creator_element(element):
-            creators[(group, element)] = str(ds[tag].value or "").strip()
+            creators[(group, element)] = str(_peek(ds, tag).value or "").strip()
             return
         creator = creators.get((group, block_of(element)))
         if creator is None or (group, creator, element & 0xFF) not in self._private_allowed:
@@ -318,18 +355,19 @@ class Deidentifier:
             changes.append((where, "X"))
             return
         kept_blocks.add((group, block_of(element)))
-        elem = ds[tag]
-        if elem.VR == "SQ":
-            for i, item in enumerate(elem.value):
+        vr = _vr_of(ds.get_item(tag), tag)
+        if vr == "SQ":
+            for i, item in enumerate(ds[tag].value):
                 self._walk(item, patient, f"{where}[{i}].", changes)
-        elif elem.VR in ("UI", "UN", "LO", "SH"):
-            self._map_private_uid(elem, where, patient, changes)
-        elif elem.VR in ("DA", "DT"):
-            self._shift(elem, elem.VR, patient, where, changes)
-        elif elem.VR in TEXT_VRS:
-            self._clean_text(elem, elem.VR, patient, where, changes)
+        elif vr in ("UI", "UN", "LO", "SH"):
+            self._map_private_uid(ds, tag, where, patient, changes)
+        elif vr in ("DA", "DT"):
+            self._shift(ds[tag], vr, patient, where, changes)
+        elif vr in TEXT_VRS:
+            self._clean_text(ds, tag, vr, patient, where, changes)
 
-    def _map_private_uid(self, elem, where, patient, changes) -> None:
+    def _map_private_uid(self, ds, tag, where, patient, changes) -> None:
+        elem = _peek(ds, tag)
         value = elem.value
         if isinstance(value, bytes):
             if len(value) > 64:
@@ -344,11 +382,23 @@ class Deidentifier:
                 elem.value = mapped_bytes + b"\0" * (len(mapped_bytes) % 2)
             else:
                 elem.value = mapped
+            ds[tag] = elem
             changes.append((where, "U"))
         elif elem.VR in TEXT_VRS:
-            self._clean_text(elem, elem.VR, patient, where, changes)
+            self._clean_text(ds, tag, elem.VR, patient, where, changes)
 
     # -- markers (PS3.15 E.1.1 item 4) ----------------------------------------------------------
+    def _markers(self, implicit: bool | None, little: bool | None) -> list:
+        """The markers, encoded once per encoding: the same bytes go into every file."""
+        if implicit is None or little is None:
+            return self._marker_elements()
+        key = (implicit, little)
+        if key not in self._encoded_markers:
+            self._encoded_markers[key] = [
+                raw_element(e, implicit, little) for e in self._marker_elements()
+            ]
+        return self._encoded_markers[key]
+
     def _marker_elements(self) -> list[DataElement]:
         codes = Sequence()
         for option in self.profile.options:

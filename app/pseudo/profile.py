@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings" / "pseudonymization"
 TABLE_FILE = "ps3.15-table-e.1-1-2024b.json"
@@ -44,18 +44,21 @@ class Option:
     column: str | None
 
 
-def resolve_combined(code: str) -> str:
+def resolve_combined(code: str, vr: str = "") -> str:
     """Resolve the Annex E combined codes without knowing the attribute's Type in each IOD.
 
-    We always take the choice that keeps the attribute: it is valid whatever the Type is (a
-    Type 3 attribute may be present, empty or not) and it follows the white paper's "replace
-    rather than delete" (rec. 2.1). X/Z → Z; X/D, X/Z/D, Z/D → D; X/Z/U* → U (the reference
-    sequence is kept and every UID in it remapped).
+    We take the choice that keeps the attribute: valid whatever its Type (a Type 3 attribute
+    may be present) and the white paper's "replace rather than delete" (rec. 2.1).
+    X/Z → Z; X/D, X/Z/D, Z/D → D; X/Z/U* → U (the reference sequence is kept, every UID in
+    it remapped). A sequence under X/Z is kept too, its items cleaned by the table at every
+    depth, like X/Z/U*: an emptied sequence breaks IODs whose modules want one item or more
+    (ReferencedStudySequence in General Study, dciodvfy says), and the cleaned items hold no
+    identity and no source UID.
     """
     if "/" not in code:
         return code
     parts = code.split("/")
-    if "U*" in parts:
+    if "U*" in parts or (vr == "SQ" and parts == ["X", "Z"]):
         return "U"
     if "D" in parts:
         return "D"
@@ -134,11 +137,18 @@ class Profile:
         ]
 
 
+def _vr_of_row(ident: str) -> str:
+    try:
+        return dictionary_VR(int(ident, 16))
+    except (KeyError, ValueError):
+        return ""
+
+
 def _table_rules(options: tuple[Option, ...]) -> tuple[dict[int, Rule], dict[int, Rule]]:
     rules: dict[int, Rule] = {}
     repeating: dict[int, Rule] = {}
     for row in _table_rows():
-        rule = Rule(resolve_combined(row["basicProfile"]), "basic")
+        rule = Rule(resolve_combined(row["basicProfile"], _vr_of_row(row["id"])), "basic")
         option_actions = {o.name: row[o.column] for o in options if o.column and o.column in row}
         if option_actions:
             # Options override the Basic Profile. Where two options disagree (only C against K

@@ -43,8 +43,8 @@ class Vault:
     def __init__(self, database_url: str, master_key: bytes) -> None:
         self._sealer = Sealer(master_key)
         # Sealed values may reach neither logs nor exception messages: bound parameters are
-        # hidden, and the engine's logger never goes below INFO (DEBUG would print rows).
-        logging.getLogger(f"sqlalchemy.engine.Engine.{_LOGGING_NAME}").setLevel(logging.INFO)
+        # hidden, and the engine's logger stays at WARNING (INFO logs statements, DEBUG rows).
+        logging.getLogger(f"sqlalchemy.engine.Engine.{_LOGGING_NAME}").setLevel(logging.WARNING)
         try:
             self._engine = create_engine(
                 database_url, hide_parameters=True, logging_name=_LOGGING_NAME
