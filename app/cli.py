@@ -111,7 +111,10 @@ def pseudonymize(
                 recorded.add(result.patient_pseudonym)
             progress.advance(task)
 
-        batch = pseudonymize_paths(inputs, out, engine, fsync=fsync, on_file=on_file)
+        try:
+            batch = pseudonymize_paths(inputs, out, engine, fsync=fsync, on_file=on_file)
+        except VaultError as exc:
+            raise _fail(f"the vault refused a linkage record: {exc}") from None
 
     if report:
         report.write_text(json.dumps(batch.to_json(), indent=1))
@@ -181,7 +184,7 @@ def vault_reidentify(
         identifiers = Vault.from_settings(_settings()).reidentify(
             project, pseudonym, actor=getpass.getuser(), reason=reason
         )
-    except VaultError as exc:
+    except (VaultError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(identifiers.get("PatientID", ""))
 

@@ -13,12 +13,13 @@ from sqlalchemy import text
 from app import __version__
 from app.config import Settings, get_settings
 from app.store.index import index_engine
-from app.vault import Vault, VaultError
+from app.vault import Vault
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="imaging-depot", version=__version__)
+    vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:
             checks["index"] = "unavailable"
         try:
-            Vault.from_settings(settings).has_project("-")
+            vault.has_project("-")
             checks["vault"] = "ok"
         except (VaultError, Exception):
             checks["vault"] = "unavailable"

@@ -115,3 +115,21 @@ def test_project_create_refuses_bad_ids_and_duplicates(settings):
     assert unknown.exit_code == 2 and "unknown option" in unknown.output
     listing = _run("project", "list")
     assert "alpha" in listing.output and "research-fr" in listing.output
+
+
+def test_the_same_flow_runs_on_postgresql_by_configuration_alone(
+    settings, tmp_path, monkeypatch, postgres_url
+):
+    """Index and vault on PostgreSQL (two databases would do; one is enough to prove it)."""
+    monkeypatch.setenv("DEPOT_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("DEPOT_VAULT_URL", postgres_url)
+    who = Identity()
+    _prepare_inputs(tmp_path / "in", who)
+    assert _run("project", "create", "alpha", "--title", "Alpha").exit_code == 0
+    result = _run("pseudonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--project", "alpha")
+    assert result.exit_code == 3
+    pseudonym = dcmread(next((tmp_path / "out").rglob("*.dcm"))).PatientID
+    again = _run("vault", "reidentify", pseudonym, "--project", "alpha")
+    assert again.output.strip() == who.patient_id
+    assert not (settings.data_dir / "index.sqlite").exists()
+    assert not (settings.data_dir / "vault.sqlite").exists()

@@ -78,8 +78,8 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
     charset = ds.get("SpecificCharacterSet", "iso8859")
     parts: list[bytes] = []
     changed: DicomBytesIO | None = None
-    for tag in sorted(ds.keys()):
-        if tag & 0xFFFF == 0 and tag >> 16 > 6:
+    for tag in sorted(ds.keys(), key=int):
+        if tag.element == 0 and tag.group > 6:
             continue  # group lengths are retired (PS3.5 7.2); pydicom drops them too
         elem = ds.get_item(tag)
         if (

@@ -15,6 +15,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from app import __version__
 from app.dicom.part10 import raw_element
@@ -43,6 +44,12 @@ DUMMY = {
 }  # fmt: skip
 _PATIENT_NAME_TAGS = (0x00100010, 0x00101001, 0x00101005, 0x00101060)
 _PATIENT_ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00101090, 0x00101050)
+_REQUIRED_UIDS = (
+    ("SOPInstanceUID", 0x00080018),
+    ("SOPClassUID", 0x00080016),
+    ("StudyInstanceUID", 0x0020000D),
+    ("SeriesInstanceUID", 0x0020000E),
+)
 MIN_ID_LENGTH = 4  # shorter IDs ("1", "42") would wipe ordinary numbers out of free text
 
 
@@ -61,6 +68,15 @@ class InstanceResult:
     patient_pseudonym: str
     linkage: dict[str, str]
     changes: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _PrivateBlocks:
+    """Private creators met in one dataset level, and what became of their blocks."""
+
+    creators: dict[tuple[int, int], str] = field(default_factory=dict)
+    kept: set[tuple[int, int]] = field(default_factory=set)
+    removed: set[tuple[int, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -89,6 +105,38 @@ def _peek(ds: Dataset, tag: int) -> DataElement:
     if isinstance(elem, RawDataElement):
         return convert_raw_data_element(elem, encoding=ds.original_character_set, ds=ds)
     return elem
+
+
+def _strings(ds: Dataset, tag) -> list[str]:
+    """An element's values as strings; plain ASCII raw bytes are split without decoding."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        raw = elem.value
+        if not raw:
+            return []
+        if raw.isascii():
+            return [v for v in raw.decode("ascii").strip(" \0").split("\\") if v]
+        elem = convert_raw_data_element(elem, encoding=ds.original_character_set, ds=ds)
+    return _str_values(elem)
+
+
+def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
+    """Store new string values, as raw bytes in the dataset's encoding when they are ASCII.
+
+    Our replacements (UIDs, pseudonyms, tokens, dates, dummies) are ASCII: stored raw, they
+    are written back as they are, with no pass through pydicom's encoder.
+    """
+    implicit, little = ds.original_encoding
+    text = "\\".join(values)
+    if implicit is None or little is None or not text.isascii():
+        ds[tag] = DataElement(tag, vr, values if len(values) > 1 else (values or [None])[0])
+        return
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    ds[tag] = RawDataElement(
+        BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False
+    )
 
 
 def _vr_of(raw, tag: int) -> str:
@@ -126,21 +174,21 @@ class Deidentifier:
         return mapped
 
     def _patient(self, ds: Dataset) -> tuple[_Patient, dict[str, str]]:
-        patient_id = str(ds.get("PatientID", "") or "").strip()
-        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
-        name = str(ds.get("PatientName", "") or "").strip()
-        birth = str(ds.get("PatientBirthDate", "") or "").strip()
+        def first(tag: int) -> str:
+            values = _strings(ds, tag) if tag in ds else []
+            return values[0].strip() if values else ""
+
+        patient_id, issuer = first(0x00100020), first(0x00100021)
+        name, birth = first(0x00100010), first(0x00100030)
         if patient_id:
             key = f"id\x1f{issuer}\x1f{patient_id}"
         elif name:
             key = f"name\x1f{name.upper()}\x1f{birth}"
         else:  # nothing names the patient: one pseudonymous patient per study
-            key = f"study\x1f{ds.get('StudyInstanceUID', '')}"
-        linkage = {k: v for k, v in (("PatientID", patient_id), ("IssuerOfPatientID", issuer))}
-        if not patient_id:
-            linkage["PatientID"] = ""
-        names = [str(ds[t].value) for t in _PATIENT_NAME_TAGS if t in ds and ds[t].value]
-        ids = [v for t in _PATIENT_ID_TAGS if t in ds for v in _str_values(ds[t])]
+            key = f"study\x1f{first(0x0020000D)}"
+        linkage = {"PatientID": patient_id, "IssuerOfPatientID": issuer}
+        names = [v for t in _PATIENT_NAME_TAGS if t in ds for v in _strings(ds, t)]
+        ids = [v for t in _PATIENT_ID_TAGS if t in ds for v in _strings(ds, t)]
         ids = [v for v in ids if len(v.strip()) >= MIN_ID_LENGTH]
         identifiers = PatientIdentifiers.from_header(names, ids, [birth] if birth else [])
         offset = self.keys.date_offset_days(key)
@@ -153,41 +201,48 @@ class Deidentifier:
     # -- the walk -----------------------------------------------------------------------------
     def deidentify(self, ds: Dataset) -> InstanceResult:
         """Pseudonymize `ds` in place (header only) and say what it became."""
-        for required in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            if not str(ds.get(required, "") or "").strip():
-                raise DeidentificationError(f"missing {required}: not a storable DICOM instance")
+        for keyword, tag in _REQUIRED_UIDS:
+            if tag not in ds or not _strings(ds, tag):
+                raise DeidentificationError(f"missing {keyword}: not a storable DICOM instance")
         patient, linkage = self._patient(ds)
         changes: list[tuple[str, str]] = []
         self._walk(ds, patient, "", changes)
         for elem in self._markers(*ds.original_encoding):
             ds[elem.tag] = elem
+        study, series, sop, sop_class = (
+            _strings(ds, t)[0] for t in (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
+        )
         return InstanceResult(
-            study_uid=str(ds.StudyInstanceUID),
-            series_uid=str(ds.SeriesInstanceUID),
-            sop_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            sop_class_uid=sop_class,
             patient_pseudonym=patient.pseudonym,
             linkage=linkage,
             changes=changes,
         )
 
     def _walk(self, ds: Dataset, patient: _Patient, path: str, changes: list) -> None:
-        creators: dict[tuple[int, int], str] = {}
-        kept_blocks: set[tuple[int, int]] = set()
-        for tag in sorted(ds.keys()):
-            group, element = tag >> 16, tag & 0xFFFF
+        private = _PrivateBlocks()
+        # BaseTag compares in Python: sort and look rules up by plain int, but address the
+        # dataset with the BaseTag objects it holds (their identity makes lookups cheap).
+        for tag in sorted(ds.keys(), key=int):
+            number = int(tag)
+            group, element = number >> 16, number & 0xFFFF
             if group & 1:
-                self._private(ds, tag, patient, path, changes, creators, kept_blocks)
+                self._private(ds, tag, patient, path, changes, private)
                 continue
             if element == 0:  # group lengths are retired; pydicom does not write them anyway
                 del ds[tag]
                 continue
-            rule = self.profile.rule_for(tag)
-            vr = _vr_of(ds.get_item(tag), tag)
+            rule = self.profile.rule_for(number)
+            vr = _vr_of(ds.get_item(tag), number)
             action = rule.action if rule else self._default_action(vr)
             self._apply(ds, tag, vr, action, rule, patient, path, changes)
-        for key in creators.keys() - kept_blocks:
-            del ds[(key[0] << 16) | key[1]]
+        for group, block in private.creators.keys() - private.kept:
+            del ds[(group << 16) | block]
+        for group, creator in sorted(private.removed):
+            changes.append((f"{path}({group:04X},xx) {creator or 'without creator'}", "X"))
         self._drop_orphaned_overlays(ds, path, changes)
 
     def _drop_orphaned_overlays(self, ds: Dataset, path: str, changes: list) -> None:
@@ -221,7 +276,10 @@ class Deidentifier:
             changes.append((where, "X"))
             return
         if action == "Z":
-            ds[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else None)
+            if vr == "SQ":
+                ds[tag] = DataElement(tag, vr, Sequence())
+            else:
+                _put(ds, tag, vr, [])
             changes.append((where, "Z"))
             return
         if vr == "SQ":  # K, C, D, U on a sequence: keep it and clean every item with the table
@@ -230,104 +288,106 @@ class Deidentifier:
             return
         if vr == "UI" or action == "U":
             self._map_uids(ds, tag, where, changes)
-            return
-        if action == "C" and vr in TEXT_VRS:
-            self._clean_text(ds, tag, vr, patient, where, changes)
-            return
-        elem = ds[tag]
-        if action == "pseudonym":
-            elem.value = patient.pseudonym
+        elif action == "pseudonym":
+            _put(ds, tag, vr, [patient.pseudonym])
             changes.append((where, "pseudonym"))
         elif action == "token":
-            self._tokenize(elem, rule, where, changes)
+            self._tokenize(ds, tag, vr, rule, where, changes)
         elif action == "birth-date":
-            self._birth_date(elem, where, patient, changes)
+            self._birth_date(ds, tag, where, patient, changes)
         elif action == "D":
-            self._dummy(elem, vr, patient, where, changes)
+            self._dummy(ds, tag, vr, patient, where, changes)
         elif action == "C":
-            self._clean(ds, elem, vr, patient, where, changes)
+            self._clean(ds, tag, vr, patient, where, changes)
 
-    def _map_uids(self, ds: Dataset, tag: int, where: str, changes: list) -> None:
+    def _map_uids(self, ds: Dataset, tag, where: str, changes: list) -> None:
         if tag in self._kept_uids:
             return
-        elem = _peek(ds, tag)
-        if elem.VR != "UI" or elem.value in (None, ""):
-            return
-        if isinstance(elem.value, MultiValue | list):
-            mapped = [self.map_uid(str(v)) for v in elem.value]
-        else:
-            mapped = self.map_uid(str(elem.value))
-        if mapped != elem.value:
-            elem.value = mapped
-            ds[tag] = elem
+        values = _strings(ds, tag)
+        mapped = [self.map_uid(v) for v in values]
+        if mapped != values:
+            _put(ds, tag, "UI", mapped)
             changes.append((where, "U"))
 
-    def _tokenize(self, elem: DataElement, rule: Rule, where: str, changes: list) -> None:
-        values = _str_values(elem)
+    def _tokenize(self, ds, tag, vr: str, rule: Rule, where: str, changes: list) -> None:
+        values = _strings(ds, tag)
         if not values:
             return
         domain = rule.prefix or where
-        limit = MAX_LENGTH.get(elem.VR, 64)
+        limit = MAX_LENGTH.get(vr, 64)
         tokens = []
         for v in values:
             normalized = " ".join(v.replace("^", " ").split()).casefold()
             tokens.append((rule.prefix + self.keys.token(domain, normalized))[:limit])
-        elem.value = tokens if len(tokens) > 1 else tokens[0]
+        _put(ds, tag, vr, tokens)
         changes.append((where, "token"))
 
-    def _birth_date(self, elem, where, patient, changes) -> None:
-        value = str(elem.value or "").strip()
-        if not value:
+    def _birth_date(self, ds, tag, where, patient, changes) -> None:
+        values = _strings(ds, tag)
+        if not values:
             return
         try:
             if self.profile.birth_date == "year":
-                elem.value = year_of(value)
+                new = [year_of(v) for v in values]
             else:
-                elem.value = shift_da(value, patient.offset_days)
+                new = [shift_da(v, patient.offset_days) for v in values]
         except UnparsableDate:
-            elem.value = None
+            _put(ds, tag, "DA", [])
             changes.append((where, "Z"))
             return
+        _put(ds, tag, "DA", new)
         changes.append((where, f"birth-date:{self.profile.birth_date}"))
 
-    def _dummy(self, elem, vr, patient, where, changes) -> None:
+    def _dummy(self, ds, tag, vr, patient, where, changes) -> None:
         if vr in ("DA", "DT") and self.profile.shifts_dates:
-            self._shift(elem, vr, patient, where, changes)
+            self._shift(ds, tag, vr, patient, where, changes)
             return
-        elem.value = DUMMY.get(vr)
+        dummy = DUMMY.get(vr)
+        if isinstance(dummy, str):
+            _put(ds, tag, vr, [dummy])
+        else:  # binary numbers, or a VR without a dummy: a valid zero, or empty
+            ds[tag] = DataElement(tag, vr, dummy)
         changes.append((where, "D"))
 
-    def _shift(self, elem, vr, patient, where, changes) -> None:
-        value = str(elem.value or "")
-        if not value.strip():
+    def _shift(self, ds, tag, vr, patient, where, changes) -> None:
+        values = _strings(ds, tag)
+        if not values:
             return
+        shift = shift_da if vr == "DA" else shift_dt
         try:
-            shifted = (shift_da if vr == "DA" else shift_dt)(value, patient.offset_days)
+            shifted = [shift(v, patient.offset_days) for v in values]
         except UnparsableDate:
-            elem.value = None
+            _put(ds, tag, vr, [])
             changes.append((where, "Z"))
             return
-        elem.value = shifted
+        _put(ds, tag, vr, shifted)
         changes.append((where, "shift"))
 
-    def _clean(self, ds, elem, vr, patient, where, changes) -> None:
+    def _clean(self, ds, tag, vr, patient, where, changes) -> None:
         if vr in ("DA", "DT"):
             if self.profile.shifts_dates:
-                self._shift(elem, vr, patient, where, changes)
+                self._shift(ds, tag, vr, patient, where, changes)
             else:
-                del ds[elem.tag]
+                del ds[tag]
                 changes.append((where, "X"))
         elif vr in TEXT_VRS:
-            self._clean_text(ds, elem.tag, vr, patient, where, changes)
+            self._clean_text(ds, tag, vr, patient, where, changes)
         elif vr == "PN":
-            self._dummy(elem, vr, patient, where, changes)
+            self._dummy(ds, tag, vr, patient, where, changes)
         elif vr not in STRING_VRS:
             # Binary values (overlay bitmaps, curves) cannot be cleaned without looking at
             # them: they are removed, which is always allowed where cleaning is.
-            del ds[elem.tag]
+            del ds[tag]
             changes.append((where, "X"))
 
     def _clean_text(self, ds, tag, vr, patient, where, changes) -> None:
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
+            # Fast path: plain ASCII decodes the same in every DICOM character set; if the
+            # cleaner finds nothing in the whole value, there is nothing to decode or store.
+            text = raw.value.decode("ascii")
+            if patient.cleaner.clean(text) is text:
+                return
         elem = _peek(ds, tag)
         values = _str_values(elem)
         cleaned = [patient.cleaner.clean(v) for v in values]
@@ -339,22 +399,27 @@ class Deidentifier:
             changes.append((where, "C"))
 
     # -- private elements -----------------------------------------------------------------------
-    def _private(self, ds, tag, patient, path, changes, creators, kept_blocks) -> None:
-        group, element = tag >> 16, tag & 0xFFFF
-        where = f"{path}{format_tag(tag)}"
+    def _private(self, ds, tag, patient, path, changes, private: _PrivateBlocks) -> None:
+        """Keep a private element only if its (group, creator, element) is allowed.
+
+        Removals are reported per creator block, not per element: a GE or Siemens header
+        holds hundreds of them, and the block is what a data manager reviews.
+        """
+        group, element = tag.group, tag.element
         if not is_valid_private_group(group) or element < 0x10:
             del ds[tag]
-            changes.append((where, "X"))
+            private.removed.add((group, ""))
             return
         if is_creator_element(element):
-            creators[(group, element)] = str(_peek(ds, tag).value or "").strip()
+            private.creators[(group, element)] = str(_peek(ds, tag).value or "").strip()
             return
-        creator = creators.get((group, block_of(element)))
+        creator = private.creators.get((group, block_of(element)))
         if creator is None or (group, creator, element & 0xFF) not in self._private_allowed:
             del ds[tag]
-            changes.append((where, "X"))
+            private.removed.add((group, creator or ""))
             return
-        kept_blocks.add((group, block_of(element)))
+        private.kept.add((group, block_of(element)))
+        where = f"{path}{format_tag(tag)}"
         vr = _vr_of(ds.get_item(tag), tag)
         if vr == "SQ":
             for i, item in enumerate(ds[tag].value):
@@ -362,7 +427,7 @@ class Deidentifier:
         elif vr in ("UI", "UN", "LO", "SH"):
             self._map_private_uid(ds, tag, where, patient, changes)
         elif vr in ("DA", "DT"):
-            self._shift(ds[tag], vr, patient, where, changes)
+            self._shift(ds, tag, vr, patient, where, changes)
         elif vr in TEXT_VRS:
             self._clean_text(ds, tag, vr, patient, where, changes)
 

@@ -92,17 +92,19 @@ def read_source(path: Path, fp: BinaryIO) -> Source:
 
 
 def _has_short_value(ds: Dataset) -> bool:
-    """pydicom reads a file that ends inside a value without complaint: the value is short."""
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
-        if (
-            isinstance(elem, RawDataElement)
-            and elem.value is not None
-            and elem.length != 0xFFFFFFFF
-            and len(elem.value) < elem.length
-        ):
-            return True
-    return False
+    """pydicom reads a file that ends inside a value without complaint: the value is short.
+
+    Reading is sequential, so only the last element read can have been cut.
+    """
+    if not len(ds):
+        return False
+    elem = ds.get_item(max(map(int, ds.keys())))
+    return (
+        isinstance(elem, RawDataElement)
+        and elem.value is not None
+        and elem.length != 0xFFFFFFFF
+        and len(elem.value) < elem.length
+    )
 
 
 def _read_whole(path: Path, ts: str) -> Source:
