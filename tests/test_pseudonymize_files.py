@@ -66,7 +66,7 @@ def test_no_injected_identity_survives_in_any_output_byte(engine, tmp_path):
             warnings.simplefilter("ignore")
             try:
                 files.append(write_injected(src, injected / f"{i}.dcm", who))
-            except Exception:
+            except Exception:  # noqa: BLE001  (a few odd files cannot be re-saved as they are)
                 continue
     assert len(files) > 150
     report = pseudonymize_paths(files, tmp_path / "out", engine)

@@ -343,7 +343,7 @@ def test_concurrent_writers_record_the_same_pseudonyms(open_vault, db_url: str) 
         try:
             for pseudonym, identifiers in items.items():
                 vault.record_linkage("p", pseudonym, identifiers)
-        except Exception as exc:  # reported below, with the thread's failure
+        except Exception as exc:  # noqa: BLE001  (reported below, with the thread failure)
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(v,)) for v in vaults]

@@ -248,10 +248,10 @@ class Deidentifier:
     def _drop_orphaned_overlays(self, ds: Dataset, path: str, changes: list) -> None:
         """An overlay whose data was removed is removed whole: a half Overlay Plane module
         (rows, columns, origin without data) is invalid (PS3.3 C.9.2)."""
-        groups = {t >> 16 for t in ds.keys() if t >> 24 == 0x60}
-        for group in groups:
+        tags = list(ds.keys())  # iterating a Dataset yields elements; we want tags
+        for group in {t >> 16 for t in tags if t >> 24 == 0x60}:
             if (group << 16 | 0x3000) not in ds:
-                for tag in [t for t in ds.keys() if t >> 16 == group]:
+                for tag in [t for t in tags if t >> 16 == group]:
                     del ds[tag]
                 changes.append((f"{path}({group:04X},xxxx)", "X"))
 

@@ -91,7 +91,7 @@ def scan_private(paths: Iterable[Path], profile: Profile | None) -> list[Private
     for path in paths:
         try:
             ds = dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:
+        except Exception:  # noqa: BLE001  (a report skips what it cannot read)
             continue
         found: set[tuple[int, str, int, str]] = set()
         _private_keys(ds, found)

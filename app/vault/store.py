@@ -247,7 +247,7 @@ class Vault:
     def _create_tables(self) -> None:
         try:
             schema.metadata.create_all(self._engine)
-        except Exception:
+        except Exception:  # noqa: BLE001  (retried once below; a real error re-raises)
             # Two processes opening a fresh vault together can race on CREATE TABLE;
             # the second pass sees the other's tables (and re-raises a genuine error).
             schema.metadata.create_all(self._engine)
