@@ -8,6 +8,7 @@ back as they were read, which is what makes the engine faster than a plain read 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR
@@ -199,14 +200,23 @@ class Deidentifier:
         return patient, linkage
 
     # -- the walk -----------------------------------------------------------------------------
-    def deidentify(self, ds: Dataset) -> InstanceResult:
-        """Pseudonymize `ds` in place (header only) and say what it became."""
+    def keeps_private(self, group: int, creator: str, element: int) -> bool:
+        """Whether a top-level private element is kept: readers skip the others unread."""
+        return (group, creator, element) in self._private_allowed
+
+    def deidentify(
+        self, ds: Dataset, skipped_private: Iterable[tuple[int, str]] = ()
+    ) -> InstanceResult:
+        """Pseudonymize `ds` in place (header only) and say what it became.
+
+        `skipped_private` names the private blocks the reader already left out.
+        """
         for keyword, tag in _REQUIRED_UIDS:
             if tag not in ds or not _strings(ds, tag):
                 raise DeidentificationError(f"missing {keyword}: not a storable DICOM instance")
         patient, linkage = self._patient(ds)
         changes: list[tuple[str, str]] = []
-        self._walk(ds, patient, "", changes)
+        self._walk(ds, patient, "", changes, set(skipped_private))
         for elem in self._markers(*ds.original_encoding):
             ds[elem.tag] = elem
         study, series, sop, sop_class = (
@@ -222,8 +232,10 @@ class Deidentifier:
             changes=changes,
         )
 
-    def _walk(self, ds: Dataset, patient: _Patient, path: str, changes: list) -> None:
-        private = _PrivateBlocks()
+    def _walk(
+        self, ds: Dataset, patient: _Patient, path: str, changes: list, skipped=frozenset()
+    ) -> None:
+        private = _PrivateBlocks(removed=set(skipped))
         # BaseTag compares in Python: sort and look rules up by plain int, but address the
         # dataset with the BaseTag objects it holds (their identity makes lookups cheap).
         for tag in sorted(ds.keys(), key=int):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +36,7 @@ from app.dicom.part10 import (
     encode_file_meta,
     pixel_data_end,
 )
+from app.dicom.scan import read_header
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
 
 # Our implementation's identity in every file meta we write (PS3.7 D.3.3.2).
@@ -54,6 +56,7 @@ class Source:
     dataset: Dataset
     transfer_syntax: str
     pixels: tuple[int, int] | None = None
+    skipped_private: set[tuple[int, str]] = field(default_factory=set)
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -66,29 +69,37 @@ def _transfer_syntax(ds: Dataset) -> str:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def read_source(path: Path, fp: BinaryIO) -> Source:
-    """Read the header (up to the pixel data) and find the pixel bytes to stream."""
+def read_source(
+    path: Path, fp: BinaryIO, keep_private: Callable[[int, str, int], bool] | None = None
+) -> Source:
+    """Read the header (up to the pixel data) and find the pixel bytes to stream.
+
+    Private data elements that `keep_private` refuses are not even built (app.dicom.scan).
+    """
     size = os.fstat(fp.fileno()).st_size
     try:
-        ds = dcmread(fp, stop_before_pixels=True, force=True)
+        header = read_header(fp, keep_private)
     except _READ_ERRORS as exc:
         raise UnreadableInput(f"not a readable DICOM file ({type(exc).__name__})") from exc
+    ds = header.dataset
     implicit, little = ds.original_encoding
     if not len(ds) or implicit is None:
         raise UnreadableInput("not a DICOM file")
     if _has_short_value(ds):
         raise UnreadableInput("truncated header")
     ts = _transfer_syntax(ds)
-    start = fp.tell()
     if ts == DeflatedExplicitVRLittleEndian:
         return _read_whole(path, ts)  # a deflated data set cannot be streamed
-    if start >= size:
-        return Source(ds, ts)  # no pixel data: nothing to stream
+    start = header.pixel_start
+    if start is None:
+        return Source(ds, ts, skipped_private=header.skipped_blocks)  # nothing to stream
     try:
         end = pixel_data_end(fp, start, size, little, implicit)
     except TruncatedData as exc:
         raise UnreadableInput(str(exc)) from exc
-    return Source(ds, ts, (start, end)) if end is not None else _read_whole(path, ts)
+    if end is None:
+        return _read_whole(path, ts)
+    return Source(ds, ts, (start, end), header.skipped_blocks)
 
 
 def _has_short_value(ds: Dataset) -> bool:
@@ -155,9 +166,9 @@ def pseudonymize_file(
 ) -> tuple[InstanceResult, Path]:
     """Pseudonymize one file into `out_dir`; the output appears whole or not at all."""
     with open(src, "rb") as src_fp:
-        source = read_source(src, src_fp)
+        source = read_source(src, src_fp, engine.keeps_private)
         try:
-            result = engine.deidentify(source.dataset)
+            result = engine.deidentify(source.dataset, source.skipped_private)
         except DeidentificationError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
