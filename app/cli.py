@@ -211,4 +211,9 @@ def serve(
             create_project(settings, "demo", "Demonstration project", "research-fr")
             console.print("Created the [bold]demo[/bold] project (profile research-fr).")
     console.print(f"imaging-depot on http://{host}:{port} — data in {settings.resolved_data_dir}")
+    console.print(
+        "Pseudonymize a folder into the demo project from another terminal:\n"
+        "  source .venv/bin/activate\n"
+        "  depot pseudonymize /path/to/dicom ./research/demo --project demo --report report.json"
+    )
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
