@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test lint bench system-deps clean
+.PHONY: install serve test lint bench system-deps services clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ system-deps:
 	    || { echo "could not install dicom3tools (dciodvfy)"; exit 1; }; \
 	  else echo "dciodvfy is missing: run 'sudo apt-get install dicom3tools'"; exit 1; fi; }
 
+# PostgreSQL on 127.0.0.1:5432 (trust auth) runs the PostgreSQL half of the tests; start the
+# machine's cluster if it is installed but stopped.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \
+	  command -v pg_ctlcluster >/dev/null 2>&1 && \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	  pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not running on 127.0.0.1:5432"; exit 1; }; }
+
 serve: install
 	$(VENV)/bin/depot serve --demo
 
@@ -28,7 +37,7 @@ lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/ruff format --check app tests bench
 
-test: install system-deps lint
+test: install system-deps services lint
 	$(VENV)/bin/pytest -n 2 -q
 
 bench: install
