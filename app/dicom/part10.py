@@ -78,10 +78,13 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
     charset = ds.get("SpecificCharacterSet", "iso8859")
     parts: list[bytes] = []
     changed: DicomBytesIO | None = None
-    for tag in sorted(ds.keys(), key=int):
+    # Dataset._dict is pydicom's element store (pinned version, checked by the tests that
+    # compare our bytes with pydicom's): reading it directly skips a Tag() per element.
+    elements = ds._dict
+    for tag in sorted(elements, key=int):
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are retired (PS3.5 7.2); pydicom drops them too
-        elem = ds.get_item(tag)
+        elem = elements[tag]
         if (
             isinstance(elem, RawDataElement)
             and elem.is_implicit_VR == implicit

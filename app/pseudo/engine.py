@@ -238,7 +238,8 @@ class Deidentifier:
         private = _PrivateBlocks(removed=set(skipped))
         # BaseTag compares in Python: sort and look rules up by plain int, but address the
         # dataset with the BaseTag objects it holds (their identity makes lookups cheap).
-        for tag in sorted(ds.keys(), key=int):
+        elements = ds._dict  # pydicom's element store: no Tag() per lookup (see part10)
+        for tag in sorted(elements, key=int):
             number = int(tag)
             group, element = number >> 16, number & 0xFFFF
             if group & 1:
@@ -248,7 +249,7 @@ class Deidentifier:
                 del ds[tag]
                 continue
             rule = self.profile.rule_for(number)
-            vr = _vr_of(ds.get_item(tag), number)
+            vr = _vr_of(elements[tag], number)
             action = rule.action if rule else self._default_action(vr)
             self._apply(ds, tag, vr, action, rule, patient, path, changes)
         for group, block in private.creators.keys() - private.kept:
