@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +22,10 @@ class Settings(BaseSettings):
     vault_url: str = ""
     vault_key: str = ""
     blob_url: str = ""
+    s3_endpoint: str = ""  # e.g. http://minio:9000 (a bare host:port means HTTPS)
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")  # kept out of reprs and logs
+    s3_region: str = ""
     public_url: str = ""
 
     @cached_property
@@ -39,6 +44,11 @@ class Settings(BaseSettings):
     def vault_database_url(self) -> str:
         """The vault is a separate database so it can live in a separate environment."""
         return self.vault_url or f"sqlite:///{self.resolved_data_dir / 'vault.sqlite'}"
+
+    @property
+    def blob_store_url(self) -> str:
+        """Blobs under the data dir by default; `s3://bucket[/prefix]` with DEPOT_S3_*."""
+        return self.blob_url or (self.resolved_data_dir / "blobs").as_uri()
 
     @property
     def vault_key_file(self) -> Path:
