@@ -51,6 +51,7 @@ _REQUIRED_UIDS = (
     ("StudyInstanceUID", 0x0020000D),
     ("SeriesInstanceUID", 0x0020000E),
 )
+_UNPLANNED = object()
 MIN_ID_LENGTH = 4  # shorter IDs ("1", "42") would wipe ordinary numbers out of free text
 
 
@@ -140,14 +141,18 @@ def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
     )
 
 
-def _vr_of(raw, tag: int) -> str:
-    """The element's VR without decoding it; UN and implicit VR fall back to the dictionary."""
-    if raw.VR and raw.VR != "UN":
-        return raw.VR
+def _dictionary_vr(tag: int) -> str:
     try:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+def _vr_of(raw, tag: int) -> str:
+    """The element's VR without decoding it; UN and implicit VR fall back to the dictionary."""
+    if raw.VR and raw.VR != "UN":
+        return raw.VR
+    return _dictionary_vr(tag)
 
 
 class Deidentifier:
@@ -163,6 +168,7 @@ class Deidentifier:
             allowed |= safe_private_attributes()
         self._private_allowed = frozenset(allowed)
         self._encoded_markers: dict[tuple[bool, bool], list] = {}
+        self._plans: dict[tuple[int, str | None], tuple | None] = {}
 
     # -- keyed mappings ---------------------------------------------------------------------
     def map_uid(self, uid: str) -> str:
@@ -248,10 +254,12 @@ class Deidentifier:
             if element == 0:  # group lengths are retired; pydicom does not write them anyway
                 del ds[tag]
                 continue
-            rule = self.profile.rule_for(number)
-            vr = _vr_of(elements[tag], number)
-            action = rule.action if rule else self._default_action(vr)
-            self._apply(ds, tag, vr, action, rule, patient, path, changes)
+            key = (number, elements[tag].VR)
+            plan = self._plans.get(key, _UNPLANNED)
+            if plan is _UNPLANNED:
+                plan = self._plans[key] = self._plan(number, key[1])
+            if plan is not None:
+                self._apply(ds, tag, *plan, patient, path, changes)
         for group, block in private.creators.keys() - private.kept:
             del ds[(group << 16) | block]
         for group, creator in sorted(private.removed):
@@ -268,6 +276,18 @@ class Deidentifier:
                     del ds[tag]
                 changes.append((f"{path}({group:04X},xxxx)", "X"))
 
+    def _plan(self, tag: int, raw_vr: str | None) -> tuple[str, str, Rule | None] | None:
+        """(VR, action, rule) for a standard attribute, or None when it is kept untouched.
+
+        Cached per (tag, VR as read): a series repeats the same attributes in every file.
+        """
+        rule = self.profile.rule_for(tag)
+        vr = raw_vr if raw_vr and raw_vr != "UN" else _dictionary_vr(tag)
+        action = rule.action if rule else self._default_action(vr)
+        if action == "K" and vr != "SQ":
+            return None
+        return vr, action, rule
+
     def _default_action(self, vr: str) -> str:
         """Attributes the table does not list are kept, but handled by VR (PS3.15 E.1.1 n.4)."""
         if vr == "UI":
@@ -281,8 +301,6 @@ class Deidentifier:
         return "K"
 
     def _apply(self, ds, tag, vr, action, rule, patient, path, changes) -> None:
-        if action == "K" and vr != "SQ":
-            return  # the common case: the raw bytes are written back untouched
         where = path + describe_tag(tag)
         if action == "X":
             del ds[tag]
