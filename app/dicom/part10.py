@@ -4,7 +4,8 @@ pydicom decodes and re-encodes well, but going through its writer costs about a 
 per CT header (per-element dispatch, file-meta validation). Here, elements that were not
 changed are written back from their raw bytes, only changed ones go through pydicom's
 `write_data_element`, and the pixel data never leaves the kernel (`copy_file_range`).
-The output is byte-for-byte what pydicom's writer produces for the same dataset (tests check).
+The output is byte-for-byte what pydicom's writer produces for the same dataset
+(tests/test_part10.py checks it on every packaged file, before and after pseudonymization).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
             and elem.is_implicit_VR == implicit
             and elem.is_little_endian == little
             and elem.length != 0xFFFFFFFF
-            and (implicit or elem.VR)
+            and (implicit or (elem.VR and elem.VR != "UN"))  # pydicom writes UN as the known VR
             and not elem.is_buffered
         ):
             value = elem.value or b""
