@@ -95,14 +95,14 @@ def parse_content_type(header: str) -> tuple[str, dict[str, str]]:
     """
     match = _MEDIA_TYPE.match(header)
     if match is None:
-        raise MultipartError(f"not a media type (type/subtype expected): {header[:100]!r}")
+        raise MultipartError("not a media type (type/subtype expected)")
     media_type = f"{match[1]}/{match[2]}".lower()
     params: dict[str, str] = {}
     pos = match.end()
     while pos < len(header):
         param = _PARAMETER.match(header, pos)
         if param is None or param.end() == pos:
-            raise MultipartError(f"malformed parameter at position {pos}: {header[pos:][:60]!r}")
+            raise MultipartError(f"malformed media type parameter at position {pos}")
         pos = param.end()
         if param[1] is None:
             continue  # an empty parameter (";;" or a trailing ";")
@@ -307,7 +307,7 @@ def _parse_headers(block: str) -> dict[str, str]:
         name, colon, value = line.partition(":")
         name = name.strip().lower()
         if not colon or not _HEADER_NAME.fullmatch(name):
-            raise MultipartError(f"malformed part header line: {line[:60]!r}")
+            raise MultipartError("malformed part header line")  # content never echoed
         headers[name] = value.strip()
     return headers
 
