@@ -73,8 +73,10 @@ def project_list() -> None:
 
 @app.command()
 def pseudonymize(
-    source: Annotated[Path, typer.Argument(metavar="IN", help="A DICOM file or a folder.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the pseudonymized copy.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(metavar="IN... OUT", help="DICOM files or folders, then the output folder."),
+    ],
     project: Annotated[str, typer.Option(help="Project whose profile and keys to use.")],
     report: Annotated[
         Path | None, typer.Option(help="Write the change report (JSON) here.")
@@ -87,12 +89,15 @@ def pseudonymize(
 
     The exit status is the number of files that failed (at most 125).
     """
+    if len(paths) < 2:
+        raise _fail("give at least one input (file or folder) and the output folder")
+    *sources, out = paths
     settings = _settings()
     try:
         proj = get_project(settings, project)
         vault = Vault.from_settings(settings)
         engine = project_engine(settings, proj, vault)
-        inputs = list(iter_inputs([source]))
+        inputs = list(iter_inputs(sources))
     except (ProjectError, ProfileError, VaultError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     recorded: set[str] = set()

@@ -133,3 +133,15 @@ def test_the_same_flow_runs_on_postgresql_by_configuration_alone(
     assert again.output.strip() == who.patient_id
     assert not (settings.data_dir / "index.sqlite").exists()
     assert not (settings.data_dir / "vault.sqlite").exists()
+
+
+def test_several_inputs_and_a_missing_output_argument(settings, tmp_path):
+    _run("project", "create", "alpha", "--title", "Alpha")
+    one, two = tmp_path / "one.dcm", tmp_path / "two.dcm"
+    write_injected(sample("CT_small.dcm"), one, Identity())
+    write_injected(sample("MR_small.dcm"), two, Identity())
+    result = _run("pseudonymize", str(one), str(two), str(tmp_path / "out"), "--project", "alpha")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
+    lonely = _run("pseudonymize", str(one), "--project", "alpha")
+    assert lonely.exit_code == 2 and "output folder" in lonely.output
