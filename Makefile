@@ -13,13 +13,20 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[server,test]'
 	touch $@
 
-# Debian tools the tests use as independent checkers (dciodvfy from dicom3tools).
+ORTHANC_DICOMWEB_PLUGIN ?= /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+
+# Debian packages the tests use: dciodvfy (dicom3tools) as an independent checker, Orthanc with
+# its DICOMweb plugin as the clinical PACS (tests/orthanc.py).
 system-deps:
-	@command -v dciodvfy >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	[ -e $(ORTHANC_DICOMWEB_PLUGIN) ] || missing="$$missing orthanc-dicomweb"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
-	    || { echo "could not install dicom3tools (dciodvfy)"; exit 1; }; \
-	  else echo "dciodvfy is missing: run 'sudo apt-get install dicom3tools'"; exit 1; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || { echo "could not install the Debian packages:$$missing"; exit 1; }; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; }
 
 # PostgreSQL on 127.0.0.1:5432 (trust auth) runs the PostgreSQL half of the tests; start the
 # machine's cluster if it is installed but stopped.
