@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
 from pathlib import Path
@@ -13,11 +14,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.config import Settings, get_settings
+from app.ingest import (
+    FileResult,
+    IngestAborted,
+    IngestReport,
+    Stores,
+    ingest_files,
+    sweep_orphans,
+)
 from app.projects import ProjectError, create_project, get_project, list_projects, project_engine
 from app.pseudo.batch import iter_inputs, pseudonymize_paths
 from app.pseudo.engine import InstanceResult
 from app.pseudo.private import scan_private
 from app.pseudo.profile import ProfileError, load_profile
+from app.store.blobs import BlobStoreError
 from app.vault import Vault, VaultError
 
 app = typer.Typer(help="imaging-depot: research copies of imaging studies.", no_args_is_help=True)
@@ -147,6 +157,97 @@ def _print_batch_summary(batch, report: Path | None) -> None:
             console.print(f"… and {len(batch.failures) - 50} more; see the report.")
     if report:
         console.print(f"Change report written to {report}.")
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(metavar="PATH", help="A DICOM file or a folder.")],
+    project: Annotated[str, typer.Option(help="Project to store the pseudonymized copy in.")],
+    report: Annotated[
+        Path | None, typer.Option(help="Write the change report (JSON) here.")
+    ] = None,
+) -> None:
+    """Pseudonymize DICOM files with the project's profile and store them in the project.
+
+    Originals are never stored. Running it again after an interruption finishes the job;
+    what is already stored counts as "already present". The exit status is the number of
+    files that failed (at most 125); 2 with an error line means the run stopped early.
+    """
+    settings = _settings()
+    try:
+        proj = get_project(settings, project)
+        stores = Stores.from_settings(settings)
+        inputs = list(iter_inputs([source]))
+    except (ProjectError, VaultError, BlobStoreError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=err, transient=False,
+    ) as progress:  # fmt: skip
+        files = progress.add_task("Ingesting", total=len(inputs))
+        series_task = None
+
+        def on_file(_result: FileResult) -> None:
+            progress.advance(files)
+
+        def on_series(done: int, total: int) -> None:
+            nonlocal series_task
+            if series_task is None:
+                series_task = progress.add_task("Series metadata", total=total)
+            progress.update(series_task, completed=done)
+
+        try:
+            done = ingest_files(stores, proj, inputs, on_file=on_file, on_series=on_series)
+        except (IngestAborted, ProfileError, VaultError) as exc:
+            progress.stop()
+            if isinstance(exc, IngestAborted):
+                _print_ingest_summary(exc.report, None)
+            raise _fail(f"ingest stopped: {exc}. What is stored is kept; run it again.") from None
+
+    if report:
+        report.write_text(json.dumps(done.to_json(), indent=1))
+    _print_ingest_summary(done, report)
+    raise typer.Exit(min(len(done.failures), 125))
+
+
+def _print_ingest_summary(done: IngestReport, report: Path | None) -> None:
+    table = Table("Files", "Stored", "Already present", "Failed", "Studies", "Series")
+    table.add_row(
+        str(done.files), str(len(done.stored)), str(len(done.already_present)),
+        str(len(done.failures)), str(len(done.studies)), str(len(done.series)),
+    )  # fmt: skip
+    console.print(table)
+    if done.failures:
+        failed = Table("Input file", "Why it failed", title="Not stored")
+        for failure in done.failures[:50]:
+            failed.add_row(str(failure.source), failure.reason)
+        console.print(failed)
+        if len(done.failures) > 50:
+            console.print(f"… and {len(done.failures) - 50} more; see the report.")
+    if report:
+        console.print(f"Change report written to {report}.")
+
+
+@app.command()
+def sweep(
+    project: Annotated[str, typer.Option(help="Project whose leftovers to remove.")],
+    older_than: Annotated[
+        int, typer.Option(help="Only what is untouched for this many minutes.", min=0)
+    ] = 60,
+) -> None:
+    """Remove what interrupted ingests left: blobs no index row points at, partial files."""
+    settings = _settings()
+    try:
+        get_project(settings, project)
+        stores = Stores.from_settings(settings)
+        swept = sweep_orphans(project, stores, dt.timedelta(minutes=older_than))
+    except (ProjectError, VaultError, BlobStoreError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"Removed {swept.orphan_blobs} orphan blobs, {swept.partial_blobs} partial files and "
+        f"{swept.scratch_folders} scratch folders of interrupted runs."
+    )
 
 
 @pseudo_app.command("private-report")

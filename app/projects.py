@@ -74,6 +74,10 @@ def project_engine(
     settings: Settings, project: Project, vault: Vault | None = None
 ) -> Deidentifier:
     """The project's profile with the project's keys: everything needed to pseudonymize."""
-    vault = vault or Vault.from_settings(settings)
+    return engine_for(project, vault or Vault.from_settings(settings))
+
+
+def engine_for(project: Project, vault: Vault) -> Deidentifier:
+    """`project_engine` for callers that already hold the vault (ingest, the server)."""
     keys = ProjectKeys(vault.project_key(project.id))
     return Deidentifier(load_profile(project.profile, tuple(project.options)), keys)

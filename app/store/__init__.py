@@ -1,4 +1,5 @@
-"""The index (SQLModel tables on SQLite or PostgreSQL, migrated by Alembic) and, later, blobs.
+"""Persistence: the index (SQLModel tables, Alembic migrations), blob stores, and their rules.
 
-Every row carries its project; filtering by project happens here, never in routers.
+Every row and every blob key carries its project; filtering by project happens here
+(`index_repo`), never in routers. Blob first, index second; the sweep removes orphans.
 """

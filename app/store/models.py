@@ -1,11 +1,54 @@
-"""Index tables. Each change here comes with a migration in `storage/migrations/versions`."""
+"""Index tables. Each change here comes with a migration in `storage/migrations/versions`.
+
+The study / series / instance tables hold what QIDO-RS matches on and returns by default
+(PS3.18 Table 10.6.1-5, Tables 10.6.3-3/4/5), read from the *pseudonymized* file as stored:
+nothing here ever comes from an original. UIDs are unique per project, not globally (the same
+source study gives different UIDs in two projects, and a derived object could reuse one), so
+every primary key starts with `project_id`, and so does every index: a query that forgets the
+project cannot use them, and the store layer (app.store.index_repo) never forgets it.
+
+Decisions (docs/architecture.md repeats them):
+- ModalitiesInStudy is matched through the series table (one indexed row per series, a
+  normalized child of the study: `EXISTS (series with project, study and modality)`), and
+  returned from `study.modalities`, a backslash-delimited sorted list kept by the store layer
+  in the same transaction as the series it comes from.
+- NumberOfStudyRelatedSeries/Instances and NumberOfSeriesRelatedInstances are maintained:
+  incremented in the transaction that adds the row they count, so a crash cannot skew them,
+  and recounted from the rows after deletions (`index_repo.recompute_counts`).
+- Textual attributes are stored as their DICOM string (PN with its "^" and "=" delimiters,
+  multiple values joined by "\\"), unbounded: an odd value in a research file must not make
+  PostgreSQL refuse the row. UIDs are at most 64 characters, as DICOM says.
+- A series' precomputed metadata is up to date when `metadata_revision == revision`;
+  `revision` goes up with every instance added or removed, so a metadata computation that
+  raced with a new instance is recognisably stale (see app.store.series_metadata).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
+
+UID = String(64)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _timestamp() -> Column:
+    return Column(DateTime(timezone=True), nullable=False)
 
 
 class Project(SQLModel, table=True):
@@ -16,7 +59,102 @@ class Project(SQLModel, table=True):
     profile: str = Field(max_length=64)
     options: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     state: str = Field(default="active", max_length=16)
-    created_at: dt.datetime = Field(
-        default_factory=lambda: dt.datetime.now(dt.UTC),
-        sa_column=Column(DateTime(timezone=True), nullable=False),
+    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+
+
+class Study(SQLModel, table=True):
+    """One pseudonymized study of a project: QIDO study-level keys and maintained counts."""
+
+    __table_args__ = (
+        Index("ix_study_date_time", "project_id", "study_date", "study_time"),
+        Index("ix_study_patient_id", "project_id", "patient_id"),
+        Index("ix_study_patient_name", "project_id", "patient_name"),
+        Index("ix_study_accession_number", "project_id", "accession_number"),
+        Index("ix_study_study_id", "project_id", "study_id"),
+        Index("ix_study_referring_physician", "project_id", "referring_physician_name"),
     )
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", sa_type=String(64))
+    study_uid: str = Field(primary_key=True, sa_type=UID)
+    patient_id: str | None = Field(default=None, sa_type=String)  # the pseudonym
+    patient_name: str | None = Field(default=None, sa_type=String)
+    patient_birth_date: str | None = Field(default=None, sa_type=String)
+    patient_sex: str | None = Field(default=None, sa_type=String)
+    study_date: str | None = Field(default=None, sa_type=String)
+    study_time: str | None = Field(default=None, sa_type=String)
+    accession_number: str | None = Field(default=None, sa_type=String)
+    study_id: str | None = Field(default=None, sa_type=String)
+    referring_physician_name: str | None = Field(default=None, sa_type=String)
+    study_description: str | None = Field(default=None, sa_type=String)
+    modalities: str = Field(default="", sa_type=String)  # "CT\\SR": returned, not matched
+    number_of_series: int = Field(default=0, sa_type=Integer)
+    number_of_instances: int = Field(default=0, sa_type=Integer)
+    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    updated_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+
+
+class Series(SQLModel, table=True):
+    """One series: QIDO series-level keys, its count, and where its WADO metadata is."""
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "study_uid"],
+            ["study.project_id", "study.study_uid"],
+            name="fk_series_study",
+        ),
+        Index("ix_series_study", "project_id", "study_uid", "series_number"),
+        Index("ix_series_modality", "project_id", "modality", "study_uid"),
+        Index("ix_series_pps_start", "project_id", "pps_start_date", "pps_start_time"),
+    )
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", sa_type=String(64))
+    series_uid: str = Field(primary_key=True, sa_type=UID)
+    study_uid: str = Field(sa_type=UID)
+    modality: str | None = Field(default=None, sa_type=String)
+    series_number: int | None = Field(default=None, sa_type=Integer)
+    series_description: str | None = Field(default=None, sa_type=String)
+    body_part_examined: str | None = Field(default=None, sa_type=String)
+    pps_start_date: str | None = Field(default=None, sa_type=String)  # (0040,0244)
+    pps_start_time: str | None = Field(default=None, sa_type=String)  # (0040,0245)
+    number_of_instances: int = Field(default=0, sa_type=Integer)
+    revision: int = Field(default=0, sa_type=Integer)
+    metadata_revision: int | None = Field(default=None, sa_type=Integer)
+    metadata_key: str | None = Field(default=None, sa_type=String(1024))
+    metadata_etag: str | None = Field(default=None, sa_type=String(64))
+    metadata_updated_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+
+
+class Instance(SQLModel, table=True):
+    """One stored object: QIDO instance-level keys, and the blob that holds its bytes."""
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "series_uid"],
+            ["series.project_id", "series.series_uid"],
+            name="fk_instance_series",
+        ),
+        Index("ix_instance_series", "project_id", "series_uid", "instance_number"),
+        Index("ix_instance_study", "project_id", "study_uid"),
+        Index("ix_instance_sop_class", "project_id", "sop_class_uid"),
+        UniqueConstraint("project_id", "blob_key", name="uq_instance_blob_key"),
+    )
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", sa_type=String(64))
+    sop_uid: str = Field(primary_key=True, sa_type=UID)
+    series_uid: str = Field(sa_type=UID)
+    study_uid: str = Field(sa_type=UID)  # denormalized: relational /studies/{s}/instances
+    sop_class_uid: str = Field(sa_type=UID)
+    instance_number: int | None = Field(default=None, sa_type=Integer)
+    rows: int | None = Field(default=None, sa_type=Integer)
+    columns: int | None = Field(default=None, sa_type=Integer)
+    bits_allocated: int | None = Field(default=None, sa_type=Integer)
+    number_of_frames: int | None = Field(default=None, sa_type=Integer)
+    transfer_syntax_uid: str = Field(sa_type=UID)
+    blob_key: str = Field(sa_type=String(1024))
+    size: int = Field(sa_type=BigInteger)
+    header_length: int = Field(sa_type=BigInteger)  # bytes before the pixel data element
+    sha256: str = Field(sa_type=String(64))  # of the stored bytes: the idempotency check
+    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())

@@ -1,0 +1,336 @@
+"""The ingest boundary as a service: identifiable files in, pseudonymized instances stored.
+
+For each file: pseudonymize it with the project's engine into a private scratch folder under
+the data dir (the original is only ever read, never copied or written anywhere), record the
+patient's linkage in the vault on first meeting, put the result into the blob store, and only
+then index it (decision 5: blob first, index second). Once every file is done, the series
+touched get their metadata precomputed (decision 6). Used the same way by the CLI, a worker
+and the tests; it imports neither FastAPI nor Typer.
+
+Re-running is always safe: pseudonymization is deterministic, so a file already stored gives
+the same bytes (same SHA-256) and counts as "already present"; a crash leaves at worst an
+orphan blob (`sweep_orphans` removes it) and stale series metadata (the next run rebuilds it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import Settings
+from app.dicom.json_model import BulkDataUri
+from app.dicomweb.urls import bulkdata_uri
+from app.projects import engine_for
+from app.pseudo.batch import BatchReport, Failure, iter_inputs
+from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
+from app.pseudo.files import UnreadableInput, pseudonymize_file
+from app.store import index_repo, layout
+from app.store.blobs import BlobStore, BlobStoreError, blob_store_from_settings
+from app.store.facts import UnstorableInstance, read_facts
+from app.store.index import index_engine
+from app.store.models import Instance, Project
+from app.store.series_metadata import UriFor, refresh_series_metadata
+from app.store.sweep import sweep_project_blobs
+from app.vault import Vault, VaultError
+
+DICOM_CONTENT_TYPE = "application/dicom"
+_LOCK_NAME = ".lock"
+# BulkDataURIs in stored metadata are root-relative ("/projects/…"): a change of
+# DEPOT_PUBLIC_URL then invalidates nothing stored; the routers add the base when serving.
+METADATA_BASE_URL = ""
+
+
+@dataclass
+class Stores:
+    """Everything ingest writes to: the index, the blobs, the vault, a scratch folder."""
+
+    index: Engine
+    blobs: BlobStore
+    vault: Vault
+    scratch: Path  # pseudonymized files in transit; on the blob store's filesystem by default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Stores:
+        return cls(
+            index=index_engine(settings.index_url),
+            blobs=blob_store_from_settings(settings),
+            vault=Vault.from_settings(settings),
+            scratch=settings.resolved_data_dir / "ingest-tmp",
+        )
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    ALREADY_PRESENT = "already present"
+    FAILED = "failed"
+
+
+@dataclass
+class FileResult:
+    """What became of one input file. `source` is for the data manager's screen only."""
+
+    source: Path
+    outcome: Outcome
+    instance: InstanceResult | None = None
+    reason: str = ""
+
+
+@dataclass
+class IngestReport:
+    engine: Deidentifier
+    stored: list[InstanceResult] = field(default_factory=list)
+    already_present: list[InstanceResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    series_refreshed: int = 0
+
+    @property
+    def files(self) -> int:
+        return len(self.stored) + len(self.already_present) + len(self.failures)
+
+    @property
+    def studies(self) -> set[str]:
+        return {r.study_uid for r in (*self.stored, *self.already_present)}
+
+    @property
+    def series(self) -> set[str]:
+        return {r.series_uid for r in (*self.stored, *self.already_present)}
+
+    def add(self, result: FileResult) -> None:
+        if result.outcome is Outcome.FAILED:
+            self.failures.append(Failure(result.source, result.reason))
+        elif result.outcome is Outcome.STORED:
+            self.stored.append(result.instance)  # type: ignore[arg-type]
+        else:
+            self.already_present.append(result.instance)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict:
+        """The change report of `depot pseudonymize` plus the ingest counts; no file names."""
+        batch = BatchReport(self.engine, [*self.stored, *self.already_present], [], self.failures)
+        return {
+            **batch.to_json(),
+            "ingest": {
+                "files": self.files,
+                "stored": len(self.stored),
+                "already_present": len(self.already_present),
+                "failed": len(self.failures),
+                "studies": len(self.studies),
+                "series": len(self.series),
+                "series_metadata_updated": self.series_refreshed,
+            },
+        }
+
+
+class IngestAborted(RuntimeError):
+    """A store, the index or the vault failed: the batch stopped. What was stored is kept
+    and consistent; running the same ingest again finishes the job. `report` is the part
+    done. The message names the failing part, never a value."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+FileCallback = Callable[[FileResult], None]
+SeriesCallback = Callable[[int, int], None]  # (series done, series to do)
+
+
+def ingest_files(
+    stores: Stores,
+    project: Project,
+    paths: Iterable[Path],
+    *,
+    on_file: FileCallback | None = None,
+    on_series: SeriesCallback | None = None,
+) -> IngestReport:
+    """Ingest files and folders into `project`; a bad file is reported and the batch goes on.
+
+    `on_file` hears about each file as it is done, `on_series(done, total)` about the series
+    metadata phase that follows. Raises FileNotFoundError for a path that does not exist
+    (before anything is done) and IngestAborted when a store, the index or the vault fails.
+    """
+    inputs = list(iter_inputs(paths))
+    engine = engine_for(project, stores.vault)
+    report = IngestReport(engine)
+    touched: dict[str, None] = {}  # series, in the order first met
+    recorded: set[str] = set()
+    try:
+        with _scratch_run(stores.scratch, project.id) as run_dir:
+            for src in inputs:
+                result = _ingest_one(stores, project.id, engine, src, run_dir, recorded)
+                report.add(result)
+                if result.instance is not None and result.outcome is not Outcome.FAILED:
+                    touched[result.instance.series_uid] = None
+                if on_file:
+                    on_file(result)
+        _refresh_metadata(stores, project.id, list(touched), report, on_series)
+    except VaultError as exc:
+        raise IngestAborted(f"the vault refused a linkage record: {exc}", report) from exc
+    except BlobStoreError as exc:
+        raise IngestAborted(f"the blob store failed: {exc}", report) from exc
+    except SQLAlchemyError as exc:  # its text may quote SQL parameters: name the type only
+        raise IngestAborted(f"the index database failed ({type(exc).__name__})", report) from exc
+    return report
+
+
+def _ingest_one(
+    stores: Stores,
+    project_id: str,
+    engine: Deidentifier,
+    src: Path,
+    run_dir: Path,
+    recorded: set[str],
+) -> FileResult:
+    try:
+        result, tmp = pseudonymize_file(src, run_dir, engine)
+    except (UnreadableInput, DeidentificationError) as exc:
+        return FileResult(src, Outcome.FAILED, reason=str(exc))
+    except OSError as exc:
+        return FileResult(src, Outcome.FAILED, reason=f"cannot read or write ({exc.strerror})")
+    try:
+        facts = read_facts(tmp)
+        if result.patient_pseudonym not in recorded:
+            # Before the data is visible: no stored pseudonym without its way back.
+            stores.vault.record_linkage(project_id, result.patient_pseudonym, result.linkage)
+            recorded.add(result.patient_pseudonym)
+        known = index_repo.stored_digest(stores.index, project_id, facts.sop_uid)
+        if known is not None:  # a re-run: skip the write, compare the bytes
+            if known != facts.sha256:
+                raise index_repo.InstanceConflict()
+            return FileResult(src, Outcome.ALREADY_PRESENT, result)
+        key = layout.instance_key(
+            project_id, facts.study_uid, facts.series_uid, facts.sop_uid, facts.sha256
+        )
+        _put(stores.blobs, key, tmp)
+        try:
+            added = index_repo.upsert_instance(stores.index, project_id, facts, key)
+        except index_repo.IndexConflict:
+            # Content-addressed key: no row points at it (a row with the same bytes would
+            # have been "already present"), so the blob goes and the failure leaves nothing.
+            stores.blobs.delete(key)
+            raise
+        outcome = Outcome.STORED if added is index_repo.Added.STORED else Outcome.ALREADY_PRESENT
+        return FileResult(src, outcome, result)
+    except (UnstorableInstance, index_repo.IndexConflict) as exc:
+        return FileResult(src, Outcome.FAILED, result, reason=str(exc))
+    except BlobStoreError:
+        raise
+    except OSError as exc:  # reading the pseudonymized copy back from scratch
+        return FileResult(src, Outcome.FAILED, result, f"cannot read or write ({exc.strerror})")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _put(blobs: BlobStore, key: str, path: Path) -> None:
+    """Hand the pseudonymized file to the store (a rename on the same filesystem)."""
+    try:
+        blobs.put_file(key, path, content_type=DICOM_CONTENT_TYPE, move=True)
+    except BlobStoreError:
+        raise
+    except OSError as exc:  # the filesystem store's own failures: full disk, permissions
+        raise BlobStoreError(f"cannot write a blob ({exc.strerror})") from exc
+
+
+def _refresh_metadata(
+    stores: Stores,
+    project_id: str,
+    series_uids: list[str],
+    report: IngestReport,
+    on_series: SeriesCallback | None,
+) -> None:
+    """Series metadata, once per series per batch; series already up to date are skipped."""
+    if on_series:
+        on_series(0, len(series_uids))
+    for done, series_uid in enumerate(series_uids, 1):
+        if refresh_series_metadata(
+            stores.index, stores.blobs, project_id, series_uid, uri_for=_bulk_uris(project_id)
+        ):
+            report.series_refreshed += 1
+        if on_series:
+            on_series(done, len(series_uids))
+
+
+def _bulk_uris(project_id: str) -> UriFor:
+    def uri_for(instance: Instance) -> BulkDataUri:
+        return bulkdata_uri(
+            METADATA_BASE_URL, project_id, instance.study_uid, instance.series_uid, instance.sop_uid
+        )
+
+    return uri_for
+
+
+# --- scratch space -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _scratch_run(scratch: Path, project_id: str) -> Iterator[Path]:
+    """A private folder for this run, locked while the run lives, removed after it.
+
+    A killed run leaves its folder behind; the lock (released by the kernel when the process
+    dies) is how `sweep_orphans` tells a dead run's folder from a live one.
+    """
+    parent = scratch / project_id
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+    lock = os.open(run_dir / _LOCK_NAME, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield run_dir
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.close(lock)
+
+
+def _sweep_scratch(scratch: Path, project_id: str, older_than: dt.timedelta) -> int:
+    """Remove the scratch folders of dead runs (unlocked, untouched for `older_than`)."""
+    parent = scratch / project_id
+    if not parent.is_dir():
+        return 0
+    cutoff = dt.datetime.now(dt.UTC).timestamp() - older_than.total_seconds()
+    removed = 0
+    for run_dir in parent.iterdir():
+        if not run_dir.is_dir() or run_dir.stat().st_mtime > cutoff:
+            continue
+        try:
+            lock = os.open(run_dir / _LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:
+            lock = None  # killed between creating the folder and its lock
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: alive
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed += 1
+        except BlockingIOError:
+            continue
+        finally:
+            if lock is not None:
+                os.close(lock)
+    return removed
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    orphan_blobs: int
+    partial_blobs: int
+    scratch_folders: int
+
+
+def sweep_orphans(project_id: str, stores: Stores, older_than: dt.timedelta) -> SweepReport:
+    """Remove what crashed writers left for `project_id`: unindexed blobs, partial blobs and
+    scratch folders, all untouched for at least `older_than` (see app.store.sweep)."""
+    blobs = sweep_project_blobs(stores.index, stores.blobs, project_id, older_than)
+    scratch = _sweep_scratch(stores.scratch, project_id, older_than)
+    return SweepReport(blobs.orphans, blobs.partials, scratch)

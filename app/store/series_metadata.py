@@ -1,0 +1,134 @@
+"""Series-level WADO-RS metadata, precomputed at ingest (decision 6): gzip JSON plus an ETag.
+
+Viewers ask for a series' metadata constantly and peers are slow at it (OHIF #1536,
+microsoft/dicom-server#1871), so the document is built once, when the series changes: the
+DICOM JSON (PS3.18 Annex F) of every instance, read from each stored blob's *header only*
+(`Instance.header_length` bytes, plus the 12 bytes of the pixel data element's header), never
+its pixel data (deflated files, rare and small, are read whole: they have no pixel offset).
+Every bulk value, pixel data always, becomes a BulkDataURI.
+
+The ETag is the SHA-256 of the uncompressed JSON, and the blob key carries it, so a document is
+never overwritten by another: a computation that raced with a new instance cannot replace a
+newer document, and `index_repo.set_series_metadata` refuses to record it (the series moved
+to another revision). The previous document is deleted once the new one is recorded; a crash
+in between leaves an orphan for the sweep. The metadata is derived data: if its blob is ever
+missing, `refresh_series_metadata(..., force=True)` rebuilds it from the instances.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from pydicom import dcmread
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+from sqlalchemy import Engine
+
+from app.dicom.json_model import BulkDataUri, JsonDataset, to_dicom_json
+from app.dicom.scan import read_header
+from app.store import index_repo, layout
+from app.store.blobs import BlobStore
+from app.store.models import Instance
+
+CONTENT_TYPE = "application/gzip"
+_PIXEL_ELEMENT_HEADER = 12  # tag, VR, reserved, 4-byte length (explicit VR OB/OW/OF/OD)
+_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+_READERS = 8  # parallel header reads: S3 round trips dominate, not the CPU
+
+# The BulkDataURI callback of one instance. URLs are the routers' business (app.dicomweb.urls):
+# the service that calls this module passes them in, so the store does not know the routes.
+UriFor = Callable[[Instance], BulkDataUri]
+
+
+def instance_metadata(blobs: BlobStore, instance: Instance, uri_for: UriFor) -> JsonDataset:
+    """One stored instance's DICOM JSON, from the bytes before its pixel data."""
+    uri = uri_for(instance)
+    if instance.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        # A deflated data set has no pixel offset to stop at: read whole (rare, small files).
+        with blobs.open(instance.blob_key) as stream:
+            whole = io.BytesIO(stream.read())  # S3 streams do not seek
+        return to_dicom_json(dcmread(whole, force=True), bulkdata_uri=uri)
+    end = instance.header_length + _PIXEL_ELEMENT_HEADER
+    data = blobs.read_range(instance.blob_key, 0, min(end, instance.size))
+    header = read_header(io.BytesIO(data))
+    document = to_dicom_json(header.dataset, bulkdata_uri=uri)
+    if header.pixel_start is not None:
+        pixel = _pixel_element(data, header.pixel_start, header.dataset.original_encoding)
+        if pixel is not None:
+            tag, vr = pixel
+            document[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri(f"{tag:08X}")}
+    return document
+
+
+def _pixel_element(
+    data: bytes, start: int, encoding: tuple[bool | None, bool | None]
+) -> tuple[int, str] | None:
+    """(tag, VR) of the pixel data element whose header starts at `start`."""
+    implicit, little = encoding
+    if len(data) < start + 8:
+        return None
+    group, element = struct.unpack_from("<HH" if little is not False else ">HH", data, start)
+    tag = group << 16 | element
+    if implicit:
+        vr = _IMPLICIT_PIXEL_VR.get(tag)
+    else:
+        vr = data[start + 4 : start + 6].decode("ascii", "replace")
+    return (tag, vr) if vr in ("OB", "OW", "OF", "OD") else None
+
+
+def build_series_metadata(blobs: BlobStore, instances: list[Instance], uri_for: UriFor) -> bytes:
+    """The series' metadata document (a JSON array, one object per instance, in order)."""
+    if len(instances) > 1:
+        with ThreadPoolExecutor(min(_READERS, len(instances))) as pool:
+            documents: list[Any] = list(
+                pool.map(lambda i: instance_metadata(blobs, i, uri_for), instances)
+            )
+    else:
+        documents = [instance_metadata(blobs, i, uri_for) for i in instances]
+    return orjson.dumps(documents)
+
+
+def etag_of(document: bytes) -> str:
+    return hashlib.sha256(document).hexdigest()
+
+
+def refresh_series_metadata(
+    engine: Engine,
+    blobs: BlobStore,
+    project_id: str,
+    series_uid: str,
+    *,
+    uri_for: UriFor,
+    force: bool = False,
+) -> bool:
+    """Rebuild and store the series' metadata if it is stale (or `force`); True if recorded."""
+    series = index_repo.get_series(engine, project_id, series_uid)
+    if series is None:
+        return False
+    fresh = series.metadata_key is not None and series.metadata_revision == series.revision
+    if fresh and not force:
+        return False
+    revision = series.revision
+    instances = index_repo.list_instances(engine, project_id, series_uid=series_uid)
+    document = build_series_metadata(blobs, instances, uri_for)
+    etag = etag_of(document)
+    key = layout.series_metadata_key(project_id, series.study_uid, series_uid, etag)
+    blobs.put(key, [gzip.compress(document, compresslevel=6, mtime=0)], content_type=CONTENT_TYPE)
+    recorded = index_repo.set_series_metadata(
+        engine, project_id, series_uid, revision=revision, key=key, etag=etag
+    )
+    if recorded and series.metadata_key and series.metadata_key != key:
+        blobs.delete(series.metadata_key)
+    return recorded
+
+
+def read_series_metadata(blobs: BlobStore, key: str) -> list[JsonDataset]:
+    """The stored document, uncompressed and parsed (for tests and tools; routers stream it)."""
+    with blobs.open(key) as stream:
+        return orjson.loads(gzip.decompress(stream.read()))
