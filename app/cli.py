@@ -304,22 +304,28 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-    demo: Annotated[bool, typer.Option(help="Create the 'demo' project if missing.")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Create the 'demo' project with sample studies if missing.")
+    ] = False,
 ) -> None:
     """Start the HTTP server."""
     import uvicorn  # the server extra; the CLI alone does not need it
 
     settings = _settings()
     if demo:
-        try:
-            get_project(settings, "demo")
-        except ProjectError:
-            create_project(settings, "demo", "Demonstration project", "research-fr")
-            console.print("Created the [bold]demo[/bold] project (profile research-fr).")
+        from app.demo import ensure_demo
+
+        filled = ensure_demo(settings)
+        if filled is not None:
+            console.print(
+                f"Demo project ready: {len(filled.stored)} sample instances in "
+                f"{len(filled.studies)} studies, pseudonymized with profile research-fr."
+            )
     console.print(f"imaging-depot on http://{host}:{port} — data in {settings.resolved_data_dir}")
     console.print(
-        "Pseudonymize a folder into the demo project from another terminal:\n"
+        "From another terminal:\n"
         "  source .venv/bin/activate\n"
-        "  depot pseudonymize /path/to/dicom ./research/demo --project demo --report report.json"
+        "  depot ingest /path/to/dicom --project demo                     # store a cohort\n"
+        "  depot pseudonymize /path/to/dicom ./research --project demo    # or just copy it"
     )
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)

@@ -1,0 +1,51 @@
+"""The demo project `make serve` starts with: real sample studies, pseudonymized and stored.
+
+The samples are test files that ship with pydicom (a runtime dependency), so a fresh clone
+needs nothing else. They are ingested through the ordinary ingest boundary, like any cohort.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from app.config import Settings
+from app.ingest import IngestReport, Stores, ingest_files
+from app.projects import ProjectError, create_project, get_project
+from app.store import index_repo
+
+DEMO_PROJECT = "demo"
+# A CT, an MR, a JPEG 2000 image, an RLE colour capture, an RT set, a SR and an ECG: a
+# handful of studies with the shapes a viewer meets (each file its own SOP Instance UID).
+SAMPLE_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle.dcm",
+    "rtplan.dcm",
+    "rtstruct.dcm",
+    "rtdose.dcm",
+    "test-SR.dcm",
+    "waveform_ecg.dcm",
+)
+
+
+def sample_paths() -> list[Path]:
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    return [folder / name for name in SAMPLE_FILES if (folder / name).is_file()]
+
+
+def ensure_demo(settings: Settings) -> IngestReport | None:
+    """Create the demo project and store the samples, once; None when it already has data."""
+    try:
+        project = get_project(settings, DEMO_PROJECT)
+    except ProjectError:
+        project = create_project(settings, DEMO_PROJECT, "Demonstration project", "research-fr")
+    stores = Stores.from_settings(settings)
+    try:
+        if index_repo.list_studies(stores.index, DEMO_PROJECT):
+            return None
+        return ingest_files(stores, project, sample_paths())
+    finally:
+        stores.vault.close()
