@@ -6,37 +6,37 @@ import datetime as dt
 import getpass
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from app.auth.tokens import Role, TokenError, issue_token, list_tokens, revoke_token
 from app.config import Settings, get_settings
-from app.ingest import (
-    FileResult,
-    IngestAborted,
-    IngestReport,
-    Stores,
-    ingest_files,
-    sweep_orphans,
-)
 from app.projects import ProjectError, create_project, get_project, list_projects, project_engine
 from app.pseudo.batch import iter_inputs, pseudonymize_paths
 from app.pseudo.engine import InstanceResult
 from app.pseudo.private import scan_private
 from app.pseudo.profile import ProfileError, load_profile
-from app.store.blobs import BlobStoreError
+from app.store.index import index_engine
 from app.vault import Vault, VaultError
+
+if TYPE_CHECKING:  # the store's modules load with the commands that use them (start-up time)
+    from app.ingest import FileResult, IngestReport
 
 app = typer.Typer(help="imaging-depot: research copies of imaging studies.", no_args_is_help=True)
 project_app = typer.Typer(help="Create and list research projects.", no_args_is_help=True)
 vault_app = typer.Typer(help="The vault: the only way from a pseudonym back to a person.")
 pseudo_app = typer.Typer(help="Inspect what pseudonymization will meet.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Bearer tokens: project access for people and tools.", no_args_is_help=True
+)
 app.add_typer(project_app, name="project")
 app.add_typer(vault_app, name="vault")
 app.add_typer(pseudo_app, name="pseudo")
+app.add_typer(token_app, name="token")
 
 console = Console()
 err = Console(stderr=True)
@@ -79,6 +79,76 @@ def project_list() -> None:
             p.id, p.title, p.profile, ", ".join(p.options), p.state, f"{p.created_at:%Y-%m-%d}"
         )
     console.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    project: Annotated[str, typer.Option(help="The project the token opens.")],
+    role: Annotated[Role, typer.Option(help="What the holder may do in the project.")],
+    label: Annotated[str, typer.Option(help="Whose or what it is, e.g. 'Dr Martin'.")] = "",
+    expires_days: Annotated[
+        int | None, typer.Option(help="Days until it stops working (default: never).", min=1)
+    ] = None,
+) -> None:
+    """Issue a bearer token for one project and role. The secret is shown only this once."""
+    settings = _settings()
+    expires_in = dt.timedelta(days=expires_days) if expires_days else None
+    try:
+        engine = index_engine(settings.index_url)
+        token, secret = issue_token(engine, project, role, label=label, expires_in=expires_in)
+    except TokenError as exc:
+        raise _fail(str(exc)) from None
+    base = (settings.public_url or "http://127.0.0.1:8080").rstrip("/")
+    expiry = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "no expiry"
+    console.print(
+        f"Token [bold]{token.id}[/bold] for project {project}, role {token.role}, {expiry}."
+    )
+    console.print("Secret (give it to its holder over a safe channel):")
+    console.print(f"  {secret}", soft_wrap=True, highlight=False, markup=False)
+    console.print("Try it:", highlight=False)
+    url = f"{base}/projects/{project}/dicom-web/studies"
+    console.print(
+        "  export DEPOT_TOKEN=<the secret above>\n"
+        f'  curl -H "Authorization: Bearer $DEPOT_TOKEN" {url}',
+        soft_wrap=True, highlight=False, markup=False,
+    )  # fmt: skip
+    console.print(
+        "[yellow]It will not be shown again[/yellow]: only its hash is stored. "
+        f"Lost? Revoke it (`depot token revoke --project {project} {token.id}`) and create another."
+    )
+
+
+@token_app.command("list")
+def token_list(
+    project: Annotated[str, typer.Option(help="The project whose tokens to list.")],
+) -> None:
+    """List a project's tokens (never their secrets: only hashes are stored)."""
+    settings = _settings()
+    try:
+        get_project(settings, project)
+    except ProjectError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("ID", "Role", "Label", "Created", "Expires", "Revoked")
+    for t in list_tokens(index_engine(settings.index_url), project):
+        table.add_row(
+            t.id, t.role, t.label, f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
+            f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The ID `list` shows.")],
+    project: Annotated[str, typer.Option(help="The project the token belongs to.")],
+) -> None:
+    """Revoke a token: it stops working at once, everywhere."""
+    try:
+        token = revoke_token(index_engine(_settings().index_url), project, token_id)
+    except TokenError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"Token {token.id} revoked ({token.revoked_at:%Y-%m-%d %H:%M} UTC).")
 
 
 @app.command()
@@ -173,6 +243,9 @@ def ingest(
     what is already stored counts as "already present". The exit status is the number of
     files that failed (at most 125); 2 with an error line means the run stopped early.
     """
+    from app.ingest import IngestAborted, Stores, ingest_files
+    from app.store.blobs import BlobStoreError
+
     settings = _settings()
     try:
         proj = get_project(settings, project)
@@ -237,6 +310,9 @@ def sweep(
     ] = 60,
 ) -> None:
     """Remove what interrupted ingests left: blobs no index row points at, partial files."""
+    from app.ingest import Stores, sweep_orphans
+    from app.store.blobs import BlobStoreError
+
     settings = _settings()
     try:
         get_project(settings, project)

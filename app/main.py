@@ -19,6 +19,7 @@ from app.vault import Vault
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="imaging-depot", version=__version__)
+    app.state.index_url = settings.index_url  # where app.auth.http verifies bearer tokens
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
 
     @app.get("/healthz", tags=["health"])

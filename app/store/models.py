@@ -21,6 +21,8 @@ Decisions (docs/architecture.md repeats them):
 - A series' precomputed metadata is up to date when `metadata_revision == revision`;
   `revision` goes up with every instance added or removed, so a metadata computation that
   raced with a new instance is recognisably stale (see app.store.series_metadata).
+- Access tokens (app.auth.tokens) live here too: each is bound to one project and one role,
+  and only the SHA-256 of its secret is stored; the public id is looked up, never scanned.
 """
 
 from __future__ import annotations
@@ -158,3 +160,22 @@ class Instance(SQLModel, table=True):
     header_length: int = Field(sa_type=BigInteger)  # bytes before the pixel data element
     sha256: str = Field(sa_type=String(64))  # of the stored bytes: the idempotency check
     created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+
+
+class Token(SQLModel, table=True):
+    """A bearer token: one project, one role, only the SHA-256 of its secret (app.auth.tokens)."""
+
+    __table_args__ = (Index("ix_token_project", "project_id", "created_at"),)
+
+    id: str = Field(primary_key=True, sa_type=String(32))  # public: the `<id>` of depot_<id>_…
+    project_id: str = Field(foreign_key="project.id", sa_type=String(64))
+    role: str = Field(sa_type=String(32))
+    token_hash: str = Field(sa_type=String(64))  # hex SHA-256 of the 32 secret bytes
+    label: str = Field(default="", sa_type=String(200))
+    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    expires_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    revoked_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
