@@ -105,7 +105,7 @@ def token_create(
     )
     console.print("Secret (give it to its holder over a safe channel):")
     console.print(f"  {secret}", soft_wrap=True, highlight=False, markup=False)
-    console.print("Try it:", highlight=False)
+    console.print("Use it (the DICOMweb routes arrive with the research store):", highlight=False)
     url = f"{base}/projects/{project}/dicom-web/studies"
     console.print(
         "  export DEPOT_TOKEN=<the secret above>\n"
