@@ -218,13 +218,18 @@ def _print_batch_summary(batch, report: Path | None) -> None:
         str(len({r.series_uid for r in batch.instances})),
     )
     console.print(table)
-    if batch.failures:
-        failed = Table("Input file", "Why it failed", title="Not pseudonymized")
-        for failure in batch.failures[:50]:
+    _print_failures(batch.failures, "Not pseudonymized", report)
+
+
+def _print_failures(failures: list, title: str, report: Path | None) -> None:
+    """The files that failed, with the reason (input names: the data manager's own screen)."""
+    if failures:
+        failed = Table("Input file", "Why it failed", title=title)
+        for failure in failures[:50]:
             failed.add_row(str(failure.source), failure.reason)
         console.print(failed)
-        if len(batch.failures) > 50:
-            console.print(f"… and {len(batch.failures) - 50} more; see the report.")
+        if len(failures) > 50:
+            console.print(f"… and {len(failures) - 50} more; see the report.")
     if report:
         console.print(f"Change report written to {report}.")
 
@@ -291,15 +296,7 @@ def _print_ingest_summary(done: IngestReport, report: Path | None) -> None:
         str(len(done.failures)), str(len(done.studies)), str(len(done.series)),
     )  # fmt: skip
     console.print(table)
-    if done.failures:
-        failed = Table("Input file", "Why it failed", title="Not stored")
-        for failure in done.failures[:50]:
-            failed.add_row(str(failure.source), failure.reason)
-        console.print(failed)
-        if len(done.failures) > 50:
-            console.print(f"… and {len(done.failures) - 50} more; see the report.")
-    if report:
-        console.print(f"Change report written to {report}.")
+    _print_failures(done.failures, "Not stored", report)
 
 
 @app.command()

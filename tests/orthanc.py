@@ -22,12 +22,9 @@ Facts this module relies on (Debian 12: Orthanc 1.10.1, DICOMweb plugin 1.7):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +35,8 @@ from typing import Any, NoReturn
 
 import httpx
 import pytest
+
+from tests.services import die_with_parent, free_ports
 
 DEBIAN_PACKAGES = ("orthanc", "orthanc-dicomweb")
 BINARY_CANDIDATES = (Path("/usr/sbin/Orthanc"), Path("/usr/bin/Orthanc"))
@@ -83,26 +82,6 @@ def find_dicomweb_plugin() -> Path:
         if candidate.exists():
             return candidate
     _missing("Orthanc DICOMweb plugin (libOrthancDicomWeb.so, Debian package orthanc-dicomweb)")
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on loopback, all distinct (held open together)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL Orthanc if pytest itself is killed, so no PACS is left running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def dicomweb_server_entry(url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -334,7 +313,7 @@ class OrthancProcess:
         return path
 
     def _spawn(self) -> OrthancServer:
-        http_port, dicom_port = _free_ports(2)
+        http_port, dicom_port = free_ports(2)
         config = self._write_config(http_port, dicom_port)
         server = OrthancServer(
             f"http://127.0.0.1:{http_port}", (self.user, self.password), dicom_port, self.workdir
@@ -346,7 +325,7 @@ class OrthancProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         server.pid = self.process.pid
         return server

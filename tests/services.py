@@ -1,0 +1,28 @@
+"""What the harnesses that start real services on loopback share (SeaweedFS, Orthanc)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import socket
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on loopback, all distinct (held open together)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL the service if pytest itself is killed, so nothing is left running."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
