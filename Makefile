@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test lint bench system-deps services clean
+.PHONY: install serve test lint bench openapi system-deps services clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ lint: install
 
 test: install system-deps services lint
 	$(VENV)/bin/pytest -n 2 -q
+
+# The exported OpenAPI document; tests/test_openapi.py fails when it is stale.
+openapi: install
+	$(PY) -m app.openapi
 
 bench: install
 	$(VENV)/bin/pip install -q -e '.[bench]'
