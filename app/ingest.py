@@ -61,11 +61,12 @@ class Stores:
     scratch: Path  # pseudonymized files in transit; on the blob store's filesystem by default
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Stores:
+    def from_settings(cls, settings: Settings, vault: Vault | None = None) -> Stores:
+        """The stores of `settings`; `vault` shares an open one (the server's)."""
         return cls(
             index=index_engine(settings.index_url),
             blobs=blob_store_from_settings(settings),
-            vault=Vault.from_settings(settings),
+            vault=vault or Vault.from_settings(settings),
             scratch=settings.resolved_data_dir / "ingest-tmp",
         )
 
@@ -76,6 +77,15 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
+class Cause(enum.Enum):
+    """Why a file FAILED, for callers that map it to a status (STOW-RS FailureReason)."""
+
+    UNREADABLE = "unreadable"  # not DICOM, truncated, not a storable instance
+    CONFLICT = "conflict"  # the index holds something incompatible
+    REFUSED = "refused"  # the caller's `accept` check said no (STOW-RS study mismatch)
+    IO = "io"  # scratch space could not be read or written
+
+
 @dataclass
 class FileResult:
     """What became of one input file. `source` is for the data manager's screen only."""
@@ -84,6 +94,7 @@ class FileResult:
     outcome: Outcome
     instance: InstanceResult | None = None
     reason: str = ""
+    cause: Cause | None = None  # set when outcome is FAILED
 
 
 @dataclass
@@ -142,6 +153,8 @@ class IngestAborted(RuntimeError):
 
 
 FileCallback = Callable[[FileResult], None]
+# Called with the pseudonymized result before anything is stored: a reason to refuse, or None.
+AcceptCheck = Callable[[InstanceResult], str | None]
 SeriesCallback = Callable[[int, int], None]  # (series done, series to do)
 
 
@@ -165,7 +178,7 @@ def ingest_files(
     touched: dict[str, None] = {}  # series, in the order first met
     recorded: set[str] = set()
     try:
-        with _scratch_run(stores.scratch, project.id) as run_dir:
+        with scratch_run(stores.scratch, project.id) as run_dir:
             for src in inputs:
                 result = _ingest_one(stores, project.id, engine, src, run_dir, recorded)
                 report.add(result)
@@ -183,6 +196,43 @@ def ingest_files(
     return report
 
 
+def ingest_written(
+    stores: Stores,
+    project: Project,
+    paths: Iterable[Path],
+    run_dir: Path,
+    *,
+    accept: AcceptCheck | None = None,
+) -> tuple[list[FileResult], IngestReport]:
+    """Ingest files the caller already wrote into `run_dir` (from `scratch_run`), e.g. the
+    parts of a STOW-RS request: the per-file ingest of `ingest_files`, then the metadata of
+    the series touched. `accept` may refuse an instance after pseudonymization, before it
+    is stored. Same errors as `ingest_files` (IngestAborted when a store fails).
+    """
+    engine = engine_for(project, stores.vault)
+    report = IngestReport(engine)
+    results: list[FileResult] = []
+    touched: dict[str, None] = {}
+    recorded: set[str] = set()
+    out_dir = run_dir / "out"
+    out_dir.mkdir(mode=0o700, exist_ok=True)
+    try:
+        for src in paths:
+            result = _ingest_one(stores, project.id, engine, src, out_dir, recorded, accept)
+            report.add(result)
+            results.append(result)
+            if result.instance is not None and result.outcome is not Outcome.FAILED:
+                touched[result.instance.series_uid] = None
+        _refresh_metadata(stores, project.id, list(touched), report, None)
+    except VaultError as exc:
+        raise IngestAborted(f"the vault refused a linkage record: {exc}", report) from exc
+    except BlobStoreError as exc:
+        raise IngestAborted(f"the blob store failed: {exc}", report) from exc
+    except SQLAlchemyError as exc:  # its text may quote SQL parameters: name the type only
+        raise IngestAborted(f"the index database failed ({type(exc).__name__})", report) from exc
+    return results, report
+
+
 def _ingest_one(
     stores: Stores,
     project_id: str,
@@ -190,14 +240,18 @@ def _ingest_one(
     src: Path,
     run_dir: Path,
     recorded: set[str],
+    accept: AcceptCheck | None = None,
 ) -> FileResult:
     try:
         result, tmp = pseudonymize_file(src, run_dir, engine)
     except (UnreadableInput, DeidentificationError) as exc:
-        return FileResult(src, Outcome.FAILED, reason=str(exc))
+        return FileResult(src, Outcome.FAILED, reason=str(exc), cause=Cause.UNREADABLE)
     except OSError as exc:
-        return FileResult(src, Outcome.FAILED, reason=f"cannot read or write ({exc.strerror})")
+        reason = f"cannot read or write ({exc.strerror})"
+        return FileResult(src, Outcome.FAILED, reason=reason, cause=Cause.IO)
     try:
+        if accept is not None and (refusal := accept(result)) is not None:
+            return FileResult(src, Outcome.FAILED, result, refusal, Cause.REFUSED)
         facts = read_facts(tmp)
         if result.patient_pseudonym not in recorded:
             # Before the data is visible: no stored pseudonym without its way back.
@@ -221,12 +275,15 @@ def _ingest_one(
             raise
         outcome = Outcome.STORED if added is index_repo.Added.STORED else Outcome.ALREADY_PRESENT
         return FileResult(src, outcome, result)
-    except (UnstorableInstance, index_repo.IndexConflict) as exc:
-        return FileResult(src, Outcome.FAILED, result, reason=str(exc))
+    except UnstorableInstance as exc:
+        return FileResult(src, Outcome.FAILED, result, str(exc), Cause.UNREADABLE)
+    except index_repo.IndexConflict as exc:
+        return FileResult(src, Outcome.FAILED, result, str(exc), Cause.CONFLICT)
     except BlobStoreError:
         raise
     except OSError as exc:  # reading the pseudonymized copy back from scratch
-        return FileResult(src, Outcome.FAILED, result, f"cannot read or write ({exc.strerror})")
+        reason = f"cannot read or write ({exc.strerror})"
+        return FileResult(src, Outcome.FAILED, result, reason, Cause.IO)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -273,7 +330,7 @@ def _bulk_uris(project_id: str) -> UriFor:
 
 
 @contextmanager
-def _scratch_run(scratch: Path, project_id: str) -> Iterator[Path]:
+def scratch_run(scratch: Path, project_id: str) -> Iterator[Path]:
     """A private folder for this run, locked while the run lives, removed after it.
 
     A killed run leaves its folder behind; the lock (released by the kernel when the process

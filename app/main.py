@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app import __version__
 from app.config import Settings, get_settings
+from app.dicomweb.ingest_stow import stow_router
 from app.store.index import index_engine
 from app.vault import Vault
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imaging-depot", version=__version__)
     app.state.index_url = settings.index_url  # where app.auth.http verifies bearer tokens
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
+    app.include_router(stow_router(settings, vault))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -645,6 +645,22 @@ from app.cli import main
 sys.argv = ["depot", *sys.argv[1:]]
 main()
 """
+_PAUSE_BEFORE_A_BLOB = """
+import os, sys, time
+from pathlib import Path
+from app import ingest
+real, calls = ingest._put, [0]
+def put_or_pause(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(os.environ["PAUSE_AT_PUT"]):
+        Path(os.environ["PAUSED_MARKER"]).touch()  # the test kills us from outside now
+        time.sleep(600)
+    return real(*args, **kwargs)
+ingest._put = put_or_pause
+from app.cli import main
+sys.argv = ["depot", *sys.argv[1:]]
+main()
+"""
 _PLAIN = "import sys\nfrom app.cli import main\nsys.argv = ['depot', *sys.argv[1:]]\nmain()\n"
 
 
@@ -655,6 +671,10 @@ def _depot(data: Path, args: list[str], script: str = _PLAIN, **env: str) -> sub
         [sys.executable, "-c", script, *args],
         cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def _output(process: subprocess.Popen) -> str:
+    return process.communicate(timeout=30)[0].decode(errors="replace")
 
 
 def _state(settings: Settings) -> tuple[dict, dict]:
@@ -669,7 +689,7 @@ def _state(settings: Settings) -> tuple[dict, dict]:
         stores.vault.close()
 
 
-@pytest.mark.parametrize("moment", ["between-blob-and-index", "whenever-it-has-stored-some"])
+@pytest.mark.parametrize("moment", ["between-blob-and-index", "from-outside-mid-run"])
 def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finishes_the_job(
     moment: str, tmp_path: Path, monkeypatch
 ):
@@ -686,13 +706,18 @@ def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finis
         writer = _depot(data, args, _KILL_BETWEEN_BLOB_AND_INDEX, KILL_AT_UPSERT="120")
         writer.wait(timeout=120)
     else:
-        writer = _depot(data, args)
-        instances = data / "blobs" / "projects" / "alpha"
+        # A SIGKILL from outside while the writer holds a pseudonymized file in its scratch
+        # folder, 60 files in: deterministic (a writer racing to its end cannot win), and
+        # the kill lands where no code of ours runs its own clean-up.
+        marker = tmp_path / "paused"
+        writer = _depot(
+            data, args, _PAUSE_BEFORE_A_BLOB, PAUSE_AT_PUT="61", PAUSED_MARKER=str(marker)
+        )
         deadline = time.monotonic() + 120
-        # Kill it early (after 20 of 300): the writer must not finish before the signal lands,
-        # even on a loaded machine where this loop is scheduled late.
-        while len(list(instances.rglob("*.dcm"))) < 20 and writer.poll() is None:
-            assert time.monotonic() < deadline, "the writer stored nothing"
+        while not marker.exists():
+            if writer.poll() is not None or time.monotonic() > deadline:
+                writer.kill()
+                pytest.fail("the writer never reached its 61st file:\n" + _output(writer))
             time.sleep(0.01)
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
@@ -707,6 +732,8 @@ def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finis
     unindexed = {k for k, _, _ in stores.blobs.list("projects/alpha")} - {r.blob_key for r in rows}
     if moment == "between-blob-and-index":
         assert len(unindexed) == 1  # the blob of the 120th file: the orphan the sweep is for
+    else:
+        assert not unindexed and len(rows) == 60  # killed before the 61st blob was written
     assert list((data / "ingest-tmp" / "alpha").iterdir())  # the dead run's scratch folder
 
     swept = sweep_orphans("alpha", stores, timedelta(0))

@@ -38,3 +38,8 @@ def bulkdata_uri(
     """
     root = instance_url(base, project_id, study_uid, series_uid, sop_uid)
     return lambda path: f"{root}/bulk/{path}"
+
+
+def study_url(base: str, project_id: str, study_uid: str) -> str:
+    """The WADO-RS RetrieveURL of one study (the STOW-RS response's top-level RetrieveURL)."""
+    return f"{dicomweb_root(base, project_id)}/studies/{_segment(study_uid)}"
