@@ -177,7 +177,7 @@ def ingest_files(
     report = IngestReport(engine)
     touched: dict[str, None] = {}  # series, in the order first met
     recorded: set[str] = set()
-    try:
+    with _aborting_on_store_failures(report):
         with scratch_run(stores.scratch, project.id) as run_dir:
             for src in inputs:
                 result = _ingest_one(stores, project.id, engine, src, run_dir, recorded)
@@ -187,13 +187,20 @@ def ingest_files(
                 if on_file:
                     on_file(result)
         _refresh_metadata(stores, project.id, list(touched), report, on_series)
+    return report
+
+
+@contextmanager
+def _aborting_on_store_failures(report: IngestReport) -> Iterator[None]:
+    """A failing store, index or vault stops the batch: IngestAborted, naming the part only."""
+    try:
+        yield
     except VaultError as exc:
         raise IngestAborted(f"the vault refused a linkage record: {exc}", report) from exc
     except BlobStoreError as exc:
         raise IngestAborted(f"the blob store failed: {exc}", report) from exc
     except SQLAlchemyError as exc:  # its text may quote SQL parameters: name the type only
         raise IngestAborted(f"the index database failed ({type(exc).__name__})", report) from exc
-    return report
 
 
 def ingest_written(
@@ -216,7 +223,7 @@ def ingest_written(
     recorded: set[str] = set()
     out_dir = run_dir / "out"
     out_dir.mkdir(mode=0o700, exist_ok=True)
-    try:
+    with _aborting_on_store_failures(report):
         for src in paths:
             result = _ingest_one(stores, project.id, engine, src, out_dir, recorded, accept)
             report.add(result)
@@ -224,12 +231,6 @@ def ingest_written(
             if result.instance is not None and result.outcome is not Outcome.FAILED:
                 touched[result.instance.series_uid] = None
         _refresh_metadata(stores, project.id, list(touched), report, None)
-    except VaultError as exc:
-        raise IngestAborted(f"the vault refused a linkage record: {exc}", report) from exc
-    except BlobStoreError as exc:
-        raise IngestAborted(f"the blob store failed: {exc}", report) from exc
-    except SQLAlchemyError as exc:  # its text may quote SQL parameters: name the type only
-        raise IngestAborted(f"the index database failed ({type(exc).__name__})", report) from exc
     return results, report
 
 
