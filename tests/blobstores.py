@@ -26,7 +26,7 @@ import urllib3
 from minio import Minio
 
 from app.store.blobs import BlobStore, FilesystemBlobStore, open_blob_store
-from tests.services import die_with_parent, free_ports
+from tests.services import die_with_parent, free_ports, log_tail, stop
 
 STARTUP_TIMEOUT = 30.0  # seconds; it takes about 2 on the project's machines
 STOP_GRACE = 0.5  # seconds; weed's filer waits 15 s on SIGTERM for its gRPC streams: no use waiting
@@ -191,13 +191,7 @@ class SeaweedS3:
         )
 
     def _kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, STOP_GRACE)
         self.process = None
         # gRPC's unix sockets go to /tmp whatever TMPDIR says; remove the ones we caused.
         for role in ("master", "volume", "filer", "s3"):
@@ -205,12 +199,8 @@ class SeaweedS3:
             if port:
                 Path(f"/tmp/seaweedfs-{role}-grpc-{port}.sock").unlink(missing_ok=True)
 
-    def _log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except FileNotFoundError:
-            return "(no log)"
-        return "last log lines:\n" + "\n".join(text)
+    def _log_tail(self) -> str:
+        return log_tail(self.log)
 
 
 @pytest.fixture(scope="session")

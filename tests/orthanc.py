@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
-from tests.services import die_with_parent, free_ports
+from tests.services import die_with_parent, free_ports, log_tail, stop
 
 DEBIAN_PACKAGES = ("orthanc", "orthanc-dicomweb")
 BINARY_CANDIDATES = (Path("/usr/sbin/Orthanc"), Path("/usr/bin/Orthanc"))
@@ -352,20 +352,10 @@ class OrthancProcess:
         )
 
     def _kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, STOP_TIMEOUT)
 
-    def _log_tail(self, lines: int = 25) -> str:
-        try:
-            text = (self.workdir / LOG_NAME).read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return "(no log)"
-        return "last log lines:\n" + "\n".join(text[-lines:])
+    def _log_tail(self) -> str:
+        return log_tail(self.workdir / LOG_NAME)
 
 
 @contextlib.contextmanager
