@@ -38,6 +38,7 @@ from app.auth.http import require
 from app.auth.roles import Role
 from app.config import Settings
 from app.dicom.multipart import MultipartError, parse_content_type, read_parts
+from app.dicomweb.public_base import public_base
 from app.dicomweb.urls import instance_url, study_url
 from app.ingest import (
     Cause,
@@ -216,7 +217,7 @@ def stow_router(settings: Settings, vault: Vault) -> APIRouter:
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"ingest stopped: {exc}"
                 ) from exc
-        base = settings.public_url or str(request.base_url)
+        base = public_base(request, settings.public_url)
         return stow_response(base, project.id, results)
 
     for path in (

@@ -1,0 +1,84 @@
+"""The base URL clients reach this server at: where RetrieveURL and BulkDataURI point.
+
+Order of precedence (FIELD-NOTES: proxies rewrite the Host, and a URL built from the socket
+is then unusable by the client):
+
+1. `DEPOT_PUBLIC_URL`, when the operator set it: the one source an operator controls;
+2. RFC 7239 `Forwarded` (first hop: `proto=`, `host=`), then `X-Forwarded-Proto`,
+   `X-Forwarded-Host`, `X-Forwarded-Port` and `X-Forwarded-Prefix` as nginx and Traefik set them;
+3. the request's own scheme and Host.
+
+Values taken from headers are checked against a conservative grammar (scheme http/https, a
+host of letters, digits, dots, dashes, colons and brackets, a path prefix of URL-safe
+characters): a hostile header cannot inject quotes or markup into a JSON document or a
+multipart body; an invalid one is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+
+_SCHEME = re.compile(r"^https?$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")
+
+
+def _forwarded_first_hop(header: str) -> dict[str, str]:
+    """The parameters of the first element of an RFC 7239 Forwarded header (lower-case keys)."""
+    first = header.split(",", 1)[0]
+    params: dict[str, str] = {}
+    for pair in first.split(";"):
+        name, sep, value = pair.partition("=")
+        if sep:
+            params[name.strip().lower()] = value.strip().strip('"')
+    return params
+
+
+def _first(value: str | None) -> str | None:
+    """The first of a comma-separated X-Forwarded-* list (the client-facing proxy's value)."""
+    if value is None:
+        return None
+    return value.split(",", 1)[0].strip() or None
+
+
+def _socket_host(request: Request) -> str:
+    """The address the request arrived on, when no usable Host was sent."""
+    server = request.scope.get("server")
+    if not server:
+        return "localhost"
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def public_base(request: Request, configured: str = "") -> str:
+    """`scheme://host[:port][/prefix]` without a trailing slash."""
+    if configured:
+        return configured.rstrip("/")
+    headers = request.headers
+    scheme = request.url.scheme
+    host = headers.get("host") or request.url.netloc
+    prefix = ""
+    forwarded = headers.get("forwarded")
+    if forwarded:
+        params = _forwarded_first_hop(forwarded)
+        scheme = params.get("proto", scheme)
+        host = params.get("host", host)
+    else:
+        scheme = _first(headers.get("x-forwarded-proto")) or scheme
+        forwarded_host = _first(headers.get("x-forwarded-host"))
+        if forwarded_host:
+            host = forwarded_host
+            port = _first(headers.get("x-forwarded-port"))
+            if port and port.isdigit() and ":" not in host.rsplit("]", 1)[-1]:
+                host = f"{host}:{port}"
+    prefix = _first(headers.get("x-forwarded-prefix")) or ""
+    scheme = scheme.lower()
+    if not _SCHEME.match(scheme):
+        scheme = request.url.scheme
+    if not _HOST.match(host):
+        host = _socket_host(request)
+    if prefix and not _PREFIX.match(prefix):
+        prefix = ""
+    return f"{scheme}://{host}{prefix.rstrip('/')}"
