@@ -45,15 +45,12 @@ from app.store.index import index_engine
 from app.store.models import Project
 from app.store.series_metadata import read_series_metadata
 from tests.identities import Identity, leaked_tokens, write_injected
+from tests.research_server import DEPLOYMENTS, DEPOT_VARIABLES, configure_deployment
 from tests.samples import readable_instances, sample
 
 pytest_plugins = ["tests.blobstores"]
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPOT_VARIABLES = (
-    "DEPOT_DATABASE_URL", "DEPOT_VAULT_URL", "DEPOT_VAULT_KEY", "DEPOT_BLOB_URL",
-    "DEPOT_S3_ENDPOINT", "DEPOT_S3_ACCESS_KEY", "DEPOT_S3_SECRET_KEY", "DEPOT_PUBLIC_URL",
-)  # fmt: skip
 DICOM_ROOT = "1.2.840.10008."
 
 
@@ -78,21 +75,11 @@ class Depot:
         return ingest_files(self.stores, project or self.project, paths)
 
 
-@pytest.fixture(params=["sqlite+filesystem", "postgresql+s3"])
+@pytest.fixture(params=DEPLOYMENTS)
 def depot(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[Depot]:
     """A data dir, project "alpha", and the stores, configured through DEPOT_* only (so the
     CLI, run in-process, sees the same deployment)."""
-    for name in DEPOT_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DEPOT_DATA_DIR", str(tmp_path / "data"))
-    if request.param == "postgresql+s3":
-        server = request.getfixturevalue("s3_server")
-        monkeypatch.setenv("DEPOT_DATABASE_URL", request.getfixturevalue("postgres_url"))
-        monkeypatch.setenv("DEPOT_BLOB_URL", f"s3://{request.getfixturevalue('s3_bucket')}")
-        monkeypatch.setenv("DEPOT_S3_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("DEPOT_S3_ACCESS_KEY", server.access_key)
-        monkeypatch.setenv("DEPOT_S3_SECRET_KEY", server.secret_key)
-    settings = Settings()
+    settings = configure_deployment(request, tmp_path / "data", monkeypatch)
     project = create_project(settings, "alpha", "Alpha")
     stores = Stores.from_settings(settings)
     yield Depot(settings, stores, project)
