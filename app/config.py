@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("")  # kept out of reprs and logs
     s3_region: str = ""
     public_url: str = ""
+    trusted_proxies: str = "127.0.0.1,::1"  # whose Forwarded / X-Forwarded-* headers count
 
     @cached_property
     def resolved_data_dir(self) -> Path:

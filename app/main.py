@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app import __version__
 from app.config import Settings, get_settings
 from app.dicomweb.ingest_stow import stow_router
+from app.dicomweb.public_base import parse_trusted_proxies
 from app.store.index import index_engine
 from app.vault import Vault
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="imaging-depot", version=__version__)
     app.state.index_url = settings.index_url  # where app.auth.http verifies bearer tokens
+    app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
     app.include_router(stow_router(settings, vault))
 

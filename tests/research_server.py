@@ -81,7 +81,9 @@ def research(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Ite
         "other": issue_token(index, "beta", Role.researcher)[1],
     }
     stores = Stores.from_settings(settings)
-    with TestClient(create_app(settings)) as client:
+    # The client is a loopback peer, as a reverse proxy on the same host would be: its
+    # X-Forwarded-* headers are trusted (DEPOT_TRUSTED_PROXIES defaults to loopback).
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         yield Research(settings, stores, project, client, tokens)
     stores.vault.close()
     index.dispose()  # before the PostgreSQL database is dropped

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from starlette.requests import Request
 
-from app.dicomweb.public_base import public_base
+from app.dicomweb.public_base import parse_trusted_proxies, public_base
+
+PROXY = "10.1.2.3"
 
 
-def _request(headers: dict[str, str], scheme: str = "http") -> Request:
+def _request(headers: dict[str, str], peer: str = PROXY) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    app = SimpleNamespace(
+        state=SimpleNamespace(trusted_proxies=parse_trusted_proxies("10.1.0.0/16"))
+    )
     scope = {
         "type": "http",
-        "scheme": scheme,
+        "scheme": "http",
         "server": ("10.0.0.5", 8080),
+        "client": (peer, 40000),
         "path": "/x",
         "headers": raw,
         "query_string": b"",
+        "app": app,
     }
     return Request(scope)
 
@@ -58,3 +67,14 @@ def test_public_base_follows_proxy_headers_and_ignores_hostile_ones(headers, exp
 def test_configured_public_url_wins_over_every_header():
     request = _request({"host": "d", "forwarded": "proto=https;host=a.fr"})
     assert public_base(request, "https://pacs.example/research/") == "https://pacs.example/research"
+
+
+def test_proxy_headers_from_an_untrusted_peer_are_ignored():
+    headers = {"host": "depot:8080", "x-forwarded-host": "evil.example", "forwarded": "host=x.y"}
+    assert public_base(_request(headers, peer="192.0.2.7")) == "http://depot:8080"
+    assert public_base(_request(headers, peer="testclient")) == "http://depot:8080"
+
+
+def test_a_trusted_proxies_entry_that_is_not_an_address_is_named():
+    with pytest.raises(ValueError, match="nope"):
+        parse_trusted_proxies("127.0.0.1, nope")

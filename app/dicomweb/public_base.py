@@ -5,7 +5,10 @@ is then unusable by the client):
 
 1. `DEPOT_PUBLIC_URL`, when the operator set it: the one source an operator controls;
 2. RFC 7239 `Forwarded` (first hop: `proto=`, `host=`), then `X-Forwarded-Proto`,
-   `X-Forwarded-Host`, `X-Forwarded-Port` and `X-Forwarded-Prefix` as nginx and Traefik set them;
+   `X-Forwarded-Host`, `X-Forwarded-Port` and `X-Forwarded-Prefix` as nginx and Traefik set
+   them, but only from a trusted proxy: the request's peer address is in
+   `DEPOT_TRUSTED_PROXIES` (IP addresses or networks, comma-separated; loopback by default,
+   as uvicorn's `--forwarded-allow-ips`), which `app.main` leaves on `app.state`;
 3. the request's own scheme and Host.
 
 Values taken from headers are checked against a conservative grammar (scheme http/https, a
@@ -16,9 +19,13 @@ multipart body; an invalid one is ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 
 from starlette.requests import Request
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SCHEME = re.compile(r"^https?$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
@@ -52,6 +59,29 @@ def _socket_host(request: Request) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_trusted_proxies(value: str) -> tuple[Network, ...]:
+    """`DEPOT_TRUSTED_PROXIES`: "127.0.0.1,::1,10.0.0.0/8"; ValueError names a bad entry."""
+    networks = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"DEPOT_TRUSTED_PROXIES: {entry!r} is not an address") from exc
+    return tuple(networks)
+
+
+def _from_trusted_proxy(request: Request) -> bool:
+    trusted: Iterable[Network] = getattr(request.app.state, "trusted_proxies", ())
+    peer = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
 def public_base(request: Request, configured: str = "") -> str:
     """`scheme://host[:port][/prefix]` without a trailing slash."""
     if configured:
@@ -60,12 +90,13 @@ def public_base(request: Request, configured: str = "") -> str:
     scheme = request.url.scheme
     host = headers.get("host") or request.url.netloc
     prefix = ""
-    forwarded = headers.get("forwarded")
+    proxied = _from_trusted_proxy(request)
+    forwarded = headers.get("forwarded") if proxied else None
     if forwarded:
         params = _forwarded_first_hop(forwarded)
         scheme = params.get("proto", scheme)
         host = params.get("host", host)
-    else:
+    elif proxied:
         scheme = _first(headers.get("x-forwarded-proto")) or scheme
         forwarded_host = _first(headers.get("x-forwarded-host"))
         if forwarded_host:
@@ -73,7 +104,8 @@ def public_base(request: Request, configured: str = "") -> str:
             port = _first(headers.get("x-forwarded-port"))
             if port and port.isdigit() and ":" not in host.rsplit("]", 1)[-1]:
                 host = f"{host}:{port}"
-    prefix = _first(headers.get("x-forwarded-prefix")) or ""
+    if proxied:
+        prefix = _first(headers.get("x-forwarded-prefix")) or ""
     scheme = scheme.lower()
     if not _SCHEME.match(scheme):
         scheme = request.url.scheme
