@@ -33,8 +33,9 @@ from app.dicom.json_model import BulkDataUri
 from app.dicomweb.urls import bulkdata_uri
 from app.projects import engine_for
 from app.pseudo.batch import BatchReport, Failure, iter_inputs
+from app.pseudo.derived import NotAttached
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
-from app.pseudo.files import UnreadableInput, pseudonymize_file
+from app.pseudo.files import HeaderPolicy, UnreadableInput, pseudonymize_file
 from app.store import index_repo, layout
 from app.store.blobs import BlobStore, BlobStoreError, blob_store_from_settings
 from app.store.facts import UnstorableInstance, read_facts
@@ -71,6 +72,19 @@ class Stores:
         )
 
 
+def lazy_stores(settings: Settings, vault: Vault) -> Callable[[], Stores]:
+    """The stores, opened on the first call and then shared: what a router needs, since
+    opening the index connects to it (an app must build without a reachable database)."""
+    opened: list[Stores] = []
+
+    def stores() -> Stores:
+        if not opened:
+            opened.append(Stores.from_settings(settings, vault))
+        return opened[0]
+
+    return stores
+
+
 class Outcome(enum.Enum):
     STORED = "stored"
     ALREADY_PRESENT = "already present"
@@ -83,6 +97,7 @@ class Cause(enum.Enum):
     UNREADABLE = "unreadable"  # not DICOM, truncated, not a storable instance
     CONFLICT = "conflict"  # the index holds something incompatible
     REFUSED = "refused"  # the caller's `accept` check said no (STOW-RS study mismatch)
+    NOT_ATTACHED = "not attached"  # a derived object outside the project's studies/patients
     IO = "io"  # scratch space could not be read or written
 
 
@@ -210,11 +225,13 @@ def ingest_written(
     run_dir: Path,
     *,
     accept: AcceptCheck | None = None,
+    policy: HeaderPolicy | None = None,
 ) -> tuple[list[FileResult], IngestReport]:
     """Ingest files the caller already wrote into `run_dir` (from `scratch_run`), e.g. the
     parts of a STOW-RS request: the per-file ingest of `ingest_files`, then the metadata of
     the series touched. `accept` may refuse an instance after pseudonymization, before it
-    is stored. Same errors as `ingest_files` (IngestAborted when a store fails).
+    is stored. `policy` replaces the project's pseudonymization (derived objects stored
+    from the research side). Same errors as `ingest_files` (IngestAborted when a store fails).
     """
     engine = engine_for(project, stores.vault)
     report = IngestReport(engine)
@@ -225,7 +242,9 @@ def ingest_written(
     out_dir.mkdir(mode=0o700, exist_ok=True)
     with _aborting_on_store_failures(report):
         for src in paths:
-            result = _ingest_one(stores, project.id, engine, src, out_dir, recorded, accept)
+            result = _ingest_one(
+                stores, project.id, policy or engine, src, out_dir, recorded, accept
+            )
             report.add(result)
             results.append(result)
             if result.instance is not None and result.outcome is not Outcome.FAILED:
@@ -237,7 +256,7 @@ def ingest_written(
 def _ingest_one(
     stores: Stores,
     project_id: str,
-    engine: Deidentifier,
+    engine: HeaderPolicy,
     src: Path,
     run_dir: Path,
     recorded: set[str],
@@ -245,6 +264,8 @@ def _ingest_one(
 ) -> FileResult:
     try:
         result, tmp = pseudonymize_file(src, run_dir, engine)
+    except NotAttached as exc:
+        return FileResult(src, Outcome.FAILED, reason=str(exc), cause=Cause.NOT_ATTACHED)
     except (UnreadableInput, DeidentificationError) as exc:
         return FileResult(src, Outcome.FAILED, reason=str(exc), cause=Cause.UNREADABLE)
     except OSError as exc:
@@ -254,7 +275,7 @@ def _ingest_one(
         if accept is not None and (refusal := accept(result)) is not None:
             return FileResult(src, Outcome.FAILED, result, refusal, Cause.REFUSED)
         facts = read_facts(tmp)
-        if result.patient_pseudonym not in recorded:
+        if result.linkage and result.patient_pseudonym not in recorded:
             # Before the data is visible: no stored pseudonym without its way back.
             stores.vault.record_linkage(project_id, result.patient_pseudonym, result.linkage)
             recorded.add(result.patient_pseudonym)

@@ -47,3 +47,21 @@ def readable_instances() -> tuple[Path, ...]:
             if all(str(ds.get(k, "") or "").strip() for k in REQUIRED_UIDS):
                 found.append(path)
     return tuple(found)
+
+
+def ct_series(folder: Path, count: int, *, series: int = 1, start: int = 0) -> list[Path]:
+    """`count` CT slices cloned from CT_small into `series` series of one study."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(sample("CT_small.dcm"))
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1000"
+    paths = []
+    for index in range(start, start + count):
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.2000.{index % series}"
+        ds.SeriesNumber = index % series + 1
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.3000.{index}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = index + 1
+        path = folder / f"slice-{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

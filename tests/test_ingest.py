@@ -46,7 +46,7 @@ from app.store.models import Project
 from app.store.series_metadata import read_series_metadata
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.research_server import DEPLOYMENTS, DEPOT_VARIABLES, configure_deployment
-from tests.samples import readable_instances, sample
+from tests.samples import ct_series, readable_instances, sample
 
 pytest_plugins = ["tests.blobstores"]
 
@@ -161,24 +161,6 @@ def injected_copies(folder: Path, who: Identity) -> tuple[list[Path], set[str]]:
             files.append(path)
             uids |= ui_values(dcmread(path, force=True))
     return files, uids
-
-
-def ct_series(folder: Path, count: int, *, series: int = 1, start: int = 0) -> list[Path]:
-    """`count` CT slices cloned from CT_small into `series` series of one study."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ds = dcmread(sample("CT_small.dcm"))
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1000"
-    paths = []
-    for index in range(start, start + count):
-        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.2000.{index % series}"
-        ds.SeriesNumber = index % series + 1
-        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.3000.{index}"
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = index + 1
-        path = folder / f"slice-{index:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 # --- the ingest of a folder -------------------------------------------------------------------

@@ -155,6 +155,27 @@ def _vr_of(raw, tag: int) -> str:
     return _dictionary_vr(tag)
 
 
+def clean_text_element(ds: Dataset, tag, vr: str, cleaner: TextCleaner) -> bool:
+    """Clean one text element in place (cut to its VR's length); True when it changed."""
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
+        # Fast path: plain ASCII decodes the same in every DICOM character set; if the
+        # cleaner finds nothing in the whole value, there is nothing to decode or store.
+        text = raw.value.decode("ascii")
+        if cleaner.clean(text) is text:
+            return False
+    elem = _peek(ds, tag)
+    values = _str_values(elem)
+    cleaned = [cleaner.clean(v) for v in values]
+    if all(c is v for c, v in zip(cleaned, values, strict=True)):
+        return False
+    limit = MAX_LENGTH.get(vr)
+    cleaned = [c[:limit] if limit else c for c in cleaned]
+    elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+    ds[tag] = elem
+    return True
+
+
 class Deidentifier:
     """Applies one project's profile with one project's keys; safe to reuse across files."""
 
@@ -412,21 +433,7 @@ class Deidentifier:
             changes.append((where, "X"))
 
     def _clean_text(self, ds, tag, vr, patient, where, changes) -> None:
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
-            # Fast path: plain ASCII decodes the same in every DICOM character set; if the
-            # cleaner finds nothing in the whole value, there is nothing to decode or store.
-            text = raw.value.decode("ascii")
-            if patient.cleaner.clean(text) is text:
-                return
-        elem = _peek(ds, tag)
-        values = _str_values(elem)
-        cleaned = [patient.cleaner.clean(v) for v in values]
-        if any(c is not v for c, v in zip(cleaned, values, strict=True)):
-            limit = MAX_LENGTH.get(vr)
-            cleaned = [c[:limit] if limit else c for c in cleaned]
-            elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
-            ds[tag] = elem
+        if clean_text_element(ds, tag, vr, patient.cleaner):
             changes.append((where, "C"))
 
     # -- private elements -----------------------------------------------------------------------

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -37,12 +37,23 @@ from app.dicom.part10 import (
     pixel_data_end,
 )
 from app.dicom.scan import read_header
-from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
+from app.pseudo.engine import DeidentificationError, InstanceResult
 
 # Our implementation's identity in every file meta we write (PS3.7 D.3.3.2).
 IMPLEMENTATION_CLASS_UID = "2.25.197004375934389146542297316516418356237"
 IMPLEMENTATION_VERSION = f"DEPOT_{__version__}"[:16]
 _READ_ERRORS = (InvalidDicomError, EOFError, struct.error, ValueError, KeyError, OSError)
+
+
+class HeaderPolicy(Protocol):
+    """What rewrites a header: the ingest `Deidentifier`, or the research side's
+    `app.pseudo.derived.DerivedCleaner`."""
+
+    def keeps_private(self, group: int, creator: str, element: int) -> bool: ...
+
+    def deidentify(
+        self, ds: Dataset, skipped_private: Iterable[tuple[int, str]] = ()
+    ) -> InstanceResult: ...
 
 
 class UnreadableInput(ValueError):
@@ -162,9 +173,12 @@ def output_path(out_dir: Path, result: InstanceResult) -> Path:
 
 
 def pseudonymize_file(
-    src: Path, out_dir: Path, engine: Deidentifier, *, fsync: bool = False
+    src: Path, out_dir: Path, engine: HeaderPolicy, *, fsync: bool = False
 ) -> tuple[InstanceResult, Path]:
-    """Pseudonymize one file into `out_dir`; the output appears whole or not at all."""
+    """Pseudonymize one file into `out_dir`; the output appears whole or not at all.
+
+    `engine` is the project's `Deidentifier` (the ingest boundary) or a `DerivedCleaner`
+    (derived objects stored from the research side)."""
     with open(src, "rb") as src_fp:
         source = read_source(src, src_fp, engine.keeps_private)
         try:
