@@ -373,6 +373,31 @@ def main() -> None:
 
 
 @app.command()
+def _print_demo_examples(settings: Settings, host: str, port: int) -> None:
+    """A researcher token of the demo project and copy-paste examples that use it."""
+    from app.demo import DEMO_PROJECT, DEMO_TOKEN_FILE, demo_token
+
+    base = f"http://{host}:{port}/projects/{DEMO_PROJECT}/dicom-web"
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    client = (
+        "import os; from dicomweb_client import DICOMwebClient; "
+        f'c = DICOMwebClient("{base}", '
+        'headers={"Authorization": "Bearer " + os.environ["TOKEN"]}); '
+        'print(len(c.search_for_studies()), "studies")'
+    )
+    lines = [
+        f"Researcher token of project {DEMO_PROJECT} ({DEMO_TOKEN_FILE} in the data dir):",
+        f"  export TOKEN={demo_token(settings)}",
+        "Search and retrieve, from another terminal:",
+        f"  curl {auth} {base}/studies",
+        f'  curl {auth} "{base}/studies?ModalitiesInStudy=CT&includefield=all"',
+        f"  .venv/bin/python -c '{client}'",
+        "Store a cohort (identifiable in, pseudonymized stored):",
+        f"  .venv/bin/depot ingest /path/to/dicom --project {DEMO_PROJECT}",
+    ]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
@@ -395,10 +420,6 @@ def serve(
                 f"{len(filled.studies)} studies, pseudonymized with profile research-fr."
             )
     console.print(f"imaging-depot on http://{host}:{port} — data in {settings.resolved_data_dir}")
-    console.print(
-        "From another terminal:\n"
-        "  source .venv/bin/activate\n"
-        "  depot ingest /path/to/dicom --project demo                     # store a cohort\n"
-        "  depot pseudonymize /path/to/dicom ./research --project demo    # or just copy it"
-    )
+    if demo:
+        _print_demo_examples(settings, host, port)
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)

@@ -6,16 +6,20 @@ needs nothing else. They are ingested through the ordinary ingest boundary, like
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pydicom
 
+from app.auth.tokens import Role, issue_token, verify_token
 from app.config import Settings
 from app.ingest import IngestReport, Stores, ingest_files
 from app.projects import ProjectError, create_project, get_project
 from app.store import index_repo
+from app.store.index import index_engine
 
 DEMO_PROJECT = "demo"
+DEMO_TOKEN_FILE = "demo-researcher.token"
 # A CT, an MR, a JPEG 2000 image, an RLE colour capture, an RT set, a SR and an ECG: a
 # handful of studies with the shapes a viewer meets (each file its own SOP Instance UID).
 SAMPLE_FILES = (
@@ -49,3 +53,23 @@ def ensure_demo(settings: Settings) -> IngestReport | None:
         return ingest_files(stores, project, sample_paths())
     finally:
         stores.vault.close()
+
+
+def demo_token(settings: Settings) -> str:
+    """A researcher token of the demo project, kept in the data dir (0600) so that every
+    `make serve` prints the same one; a new one is issued if it was revoked or lost.
+
+    Only for the demo: real tokens are shown once and stored nowhere but as a hash.
+    """
+    path = settings.resolved_data_dir / DEMO_TOKEN_FILE
+    index = index_engine(settings.index_url)
+    if path.is_file():
+        kept = path.read_text().strip()
+        principal = verify_token(index, kept)
+        if principal is not None and principal.project_id == DEMO_PROJECT:
+            return kept
+    _token, secret = issue_token(index, DEMO_PROJECT, Role.researcher, label="demo (make serve)")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret

@@ -21,3 +21,22 @@ def test_the_demo_project_is_filled_once_with_pseudonymized_samples(settings):
     finally:
         stores.vault.close()
     assert ensure_demo(settings) is None  # a second start changes nothing
+
+
+def test_the_demo_researcher_token_is_kept_private_and_reissued_when_revoked(settings):
+    from app.auth.tokens import revoke_token, verify_token
+    from app.demo import DEMO_TOKEN_FILE, demo_token
+    from app.store.index import index_engine
+
+    ensure_demo(settings)
+    index = index_engine(settings.index_url)
+    token = demo_token(settings)
+    principal = verify_token(index, token)
+    assert principal is not None
+    assert (principal.project_id, principal.role) == (DEMO_PROJECT, "researcher")
+    path = settings.resolved_data_dir / DEMO_TOKEN_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert demo_token(settings) == token  # every start prints the same one
+    revoke_token(index, DEMO_PROJECT, principal.token_id)
+    fresh = demo_token(settings)
+    assert fresh != token and verify_token(index, fresh) is not None
