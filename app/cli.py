@@ -372,7 +372,6 @@ def main() -> None:
     app()
 
 
-@app.command()
 def _print_demo_examples(settings: Settings, host: str, port: int) -> None:
     """A researcher token of the demo project and copy-paste examples that use it."""
     from app.demo import DEMO_PROJECT, DEMO_TOKEN_FILE, demo_token
@@ -398,6 +397,7 @@ def _print_demo_examples(settings: Settings, host: str, port: int) -> None:
     console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
 
 
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,

@@ -1,0 +1,93 @@
+"""Our server as a real process on loopback (`depot serve`), for clients that need a socket:
+Orthanc pushing and pulling, dicomweb-client over HTTP, memory measured from outside.
+
+Use with `pytest_plugins = ["tests.depot_server"]`; `depot_server` is the embedded deployment
+(SQLite + files in a temporary data dir) with project "alpha" and one token per role.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.auth.tokens import Role, issue_token
+from app.config import Settings
+from app.projects import create_project
+from app.store.index import index_engine
+from tests.research_server import DEPOT_VARIABLES
+from tests.services import die_with_parent, free_ports, log_tail, stop
+
+STARTUP_TIMEOUT = 30.0  # seconds
+
+
+@dataclass
+class DepotServer:
+    url: str  # http://127.0.0.1:<port>
+    pid: int
+    settings: Settings
+    tokens: dict[str, str]  # "researcher", "manager"
+    log: Path
+
+    def headers(self, who: str = "researcher") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def peak_rss(self) -> int:
+        """The server process's resident-memory high-water mark, in bytes (Linux VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc: not Linux?")
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"depot serve exited with {process.returncode}; {log_tail(log)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"depot serve did not become ready; {log_tail(log)}")
+
+
+@pytest.fixture
+def depot_server(tmp_path: Path) -> Iterator[DepotServer]:
+    data = tmp_path / "depot-data"
+    environment = {k: v for k, v in os.environ.items() if k not in DEPOT_VARIABLES}
+    environment["DEPOT_DATA_DIR"] = str(data)
+    settings = Settings(data_dir=data)
+    create_project(settings, "alpha", "Alpha")
+    index = index_engine(settings.index_url)
+    tokens = {
+        "researcher": issue_token(index, "alpha", Role.researcher)[1],
+        "manager": issue_token(index, "alpha", Role.data_manager)[1],
+    }
+    index.dispose()
+    (port,) = free_ports(1)
+    log = tmp_path / "depot-serve.log"
+    depot = Path(sys.executable).with_name("depot")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(depot), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log)
+        yield DepotServer(url, process.pid, settings, tokens, log)
+    finally:
+        stop(process, grace=5)
