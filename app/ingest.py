@@ -332,14 +332,17 @@ def _refresh_metadata(
         on_series(0, len(series_uids))
     for done, series_uid in enumerate(series_uids, 1):
         if refresh_series_metadata(
-            stores.index, stores.blobs, project_id, series_uid, uri_for=_bulk_uris(project_id)
+            stores.index, stores.blobs, project_id, series_uid, uri_for=bulk_uris(project_id)
         ):
             report.series_refreshed += 1
         if on_series:
             on_series(done, len(series_uids))
 
 
-def _bulk_uris(project_id: str) -> UriFor:
+def bulk_uris(project_id: str) -> UriFor:
+    """The BulkDataURI callback of stored series metadata (root-relative: see
+    METADATA_BASE_URL); ingest and WADO-RS rebuild metadata with the same one."""
+
     def uri_for(instance: Instance) -> BulkDataUri:
         return bulkdata_uri(
             METADATA_BASE_URL, project_id, instance.study_uid, instance.series_uid, instance.sop_uid

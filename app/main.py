@@ -15,7 +15,9 @@ from app.config import Settings, get_settings
 from app.dicomweb.delete import delete_router
 from app.dicomweb.ingest_stow import stow_router
 from app.dicomweb.public_base import parse_trusted_proxies
+from app.dicomweb.qido import qido_router
 from app.dicomweb.research_stow import research_stow_router
+from app.dicomweb.wado import wado_router
 from app.store.index import index_engine
 from app.vault import Vault
 
@@ -27,6 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
     app.include_router(stow_router(settings, vault))
+    app.include_router(wado_router(settings))
+    app.include_router(qido_router(settings))
     app.include_router(research_stow_router(settings, vault))
     app.include_router(delete_router(settings, vault))
 

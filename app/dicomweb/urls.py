@@ -20,12 +20,14 @@ def dicomweb_root(base: str, project_id: str) -> str:
     return f"{base.rstrip('/')}/projects/{_segment(project_id)}/dicom-web"
 
 
+def series_url(base: str, project_id: str, study_uid: str, series_uid: str) -> str:
+    """The WADO-RS RetrieveURL of one series."""
+    return f"{study_url(base, project_id, study_uid)}/series/{_segment(series_uid)}"
+
+
 def instance_url(base: str, project_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
     """The WADO-RS RetrieveURL of one instance."""
-    return (
-        f"{dicomweb_root(base, project_id)}/studies/{_segment(study_uid)}"
-        f"/series/{_segment(series_uid)}/instances/{_segment(sop_uid)}"
-    )
+    return f"{series_url(base, project_id, study_uid, series_uid)}/instances/{_segment(sop_uid)}"
 
 
 def bulkdata_uri(
