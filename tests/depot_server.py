@@ -1,8 +1,10 @@
 """Our server as a real process on loopback (`depot serve`), for clients that need a socket:
 Orthanc pushing and pulling, dicomweb-client over HTTP, memory measured from outside.
 
-Use with `pytest_plugins = ["tests.depot_server"]`; `depot_server` is the embedded deployment
-(SQLite + files in a temporary data dir) with project "alpha" and one token per role.
+Use with `pytest_plugins = ["tests.depot_server"]` (plus "tests.blobstores" for
+`depot_server_on_both`). `depot_server` is the embedded deployment (SQLite + files in a
+temporary data dir); `depot_server_on_both` runs the test on each deployment. Both hold
+project "alpha" and one token per role.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from app.auth.tokens import Role, issue_token
 from app.config import Settings
 from app.projects import create_project
 from app.store.index import index_engine
-from tests.research_server import DEPOT_VARIABLES
+from tests.research_server import DEPLOYMENTS, DEPOT_VARIABLES, configure_deployment
 from tests.services import die_with_parent, free_ports, log_tail, stop
 
 STARTUP_TIMEOUT = 30.0  # seconds
@@ -61,26 +63,22 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"depot serve did not become ready; {log_tail(log)}")
 
 
-@pytest.fixture
-def depot_server(tmp_path: Path) -> Iterator[DepotServer]:
-    data = tmp_path / "depot-data"
-    environment = {k: v for k, v in os.environ.items() if k not in DEPOT_VARIABLES}
-    environment["DEPOT_DATA_DIR"] = str(data)
-    settings = Settings(data_dir=data)
+def _serve(settings: Settings, tmp_path: Path) -> Iterator[DepotServer]:
+    """`depot serve` on a free loopback port with the DEPOT_* environment of this process
+    (set by the fixture for `settings`), project "alpha" and a token per role."""
     create_project(settings, "alpha", "Alpha")
     index = index_engine(settings.index_url)
     tokens = {
         "researcher": issue_token(index, "alpha", Role.researcher)[1],
         "manager": issue_token(index, "alpha", Role.data_manager)[1],
     }
-    index.dispose()
     (port,) = free_ports(1)
     log = tmp_path / "depot-serve.log"
     depot = Path(sys.executable).with_name("depot")
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(depot), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=environment,
+            env=dict(os.environ),
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
@@ -91,3 +89,20 @@ def depot_server(tmp_path: Path) -> Iterator[DepotServer]:
         yield DepotServer(url, process.pid, settings, tokens, log)
     finally:
         stop(process, grace=5)
+        index.dispose()  # before a PostgreSQL database is dropped
+
+
+@pytest.fixture
+def depot_server(tmp_path: Path, monkeypatch) -> Iterator[DepotServer]:
+    """The embedded deployment (SQLite + files)."""
+    for name in DEPOT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEPOT_DATA_DIR", str(tmp_path / "depot-data"))
+    yield from _serve(Settings(), tmp_path)
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def depot_server_on_both(request, tmp_path: Path, monkeypatch) -> Iterator[DepotServer]:
+    """Each deployment in turn: SQLite + files, PostgreSQL + S3 (needs tests.blobstores)."""
+    settings = configure_deployment(request, tmp_path / "depot-data", monkeypatch)
+    yield from _serve(settings, tmp_path)

@@ -7,6 +7,7 @@ import os
 import random
 import re
 import tracemalloc
+import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import pytest
@@ -143,7 +144,7 @@ def test_malformed_content_types_are_refused_with_a_reason(header):
     assert len(str(caught.value)) > 10
 
 
-@pytest.mark.parametrize("boundary", ["", "x" * 71, "ends with space ", "é", "a;b"])
+@pytest.mark.parametrize("boundary", ["", "x" * 201, "ends with space ", "é", "a;b"])
 async def test_invalid_boundaries_are_refused(boundary):
     with pytest.raises(MultipartError):
         content_type(boundary, "application/dicom")
@@ -151,6 +152,16 @@ async def test_invalid_boundaries_are_refused(boundary):
         await _written([Part({}, b"x")], boundary)
     with pytest.raises(MultipartError):
         await _read(b"--x--", boundary)
+
+
+async def test_we_write_rfc_boundaries_but_read_orthancs_longer_ones():
+    orthanc_style = f"{uuid.uuid4()}-{uuid.uuid4()}"  # Orthanc 1.10's STOW-RS client: 73
+    assert len(orthanc_style) == 73
+    with pytest.raises(MultipartError):
+        content_type(orthanc_style, "application/dicom")
+    message = f"--{orthanc_style}\r\n\r\nbody\r\n--{orthanc_style}--".encode()
+    parts = await _read(message, orthanc_style)
+    assert [body for _headers, body in parts] == [b"body"]
 
 
 # --- round trips ---------------------------------------------------------------------------------

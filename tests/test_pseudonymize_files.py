@@ -12,10 +12,8 @@ from pydicom import dcmread
 from app.pseudo.batch import pseudonymize_paths
 from app.pseudo.files import pseudonymize_file
 from tests.identities import Identity, leaked_tokens, write_injected
-from tests.samples import readable_instances, sample
+from tests.samples import TRUNCATED, readable_instances, sample
 
-# pydicom reads these without error, yet they end before the data they declare.
-TRUNCATED = {"MR_truncated.dcm": "truncated pixel data", "rtplan_truncated.dcm": "truncated header"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 

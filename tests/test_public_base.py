@@ -34,6 +34,8 @@ def _request(headers: dict[str, str], peer: str = PROXY) -> Request:
     ("headers", "expected"),
     [
         ({"host": "depot:8080"}, "http://depot:8080"),
+        ({"host": "depot"}, "http://depot:8080"),  # dicomweb-client drops the port
+        ({"host": "depot", "x-forwarded-proto": "https"}, "https://depot"),
         (
             {"host": "depot:8080", "forwarded": 'for=1.2.3.4;proto=https;host="img.chu.fr"'},
             "https://img.chu.fr",

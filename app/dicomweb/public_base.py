@@ -9,7 +9,8 @@ is then unusable by the client):
    them, but only from a trusted proxy: the request's peer address is in
    `DEPOT_TRUSTED_PROXIES` (IP addresses or networks, comma-separated; loopback by default,
    as uvicorn's `--forwarded-allow-ips`), which `app.main` leaves on `app.state`;
-3. the request's own scheme and Host.
+3. the request's own scheme and Host (with the port the request arrived on when the Host
+   header has none: a client bug, see `_with_socket_port`).
 
 Values taken from headers are checked against a conservative grammar (scheme http/https, a
 host of letters, digits, dots, dashes, colons and brackets, a path prefix of URL-safe
@@ -48,6 +49,25 @@ def _first(value: str | None) -> str | None:
     if value is None:
         return None
     return value.split(",", 1)[0].strip() or None
+
+
+_FORWARDING = ("forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _with_socket_port(request: Request, host: str) -> str:
+    """A Host without a port, straight from a client: the port the request arrived on.
+
+    dicomweb-client (web.py) sends `Host: <name>` without the port, against RFC 9110 7.2;
+    without this, its BulkDataURIs would point at port 80. Behind a proxy that sends no
+    forwarding header the socket port may be the wrong one: DEPOT_PUBLIC_URL is for that.
+    """
+    if ":" in host.rsplit("]", 1)[-1]:
+        return host
+    server = request.scope.get("server")
+    if not server or server[1] in (None, _DEFAULT_PORTS.get(request.url.scheme)):
+        return host
+    return f"{host}:{server[1]}"
 
 
 def _socket_host(request: Request) -> str:
@@ -106,6 +126,8 @@ def public_base(request: Request, configured: str = "") -> str:
                 host = f"{host}:{port}"
     if proxied:
         prefix = _first(headers.get("x-forwarded-prefix")) or ""
+    if not (proxied and any(h in headers for h in _FORWARDING)):
+        host = _with_socket_port(request, host)
     scheme = scheme.lower()
     if not _SCHEME.match(scheme):
         scheme = request.url.scheme
