@@ -180,6 +180,9 @@ class Nothing:
 Matcher = Uids | Text | AnyOf | Range | Integer | Nothing
 
 
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+
+
 def parse_match(key: Key, raw: str) -> Matcher | None:
     """The matcher for `raw` (already URL-decoded), None for universal matching."""
     value = raw.strip()
@@ -187,6 +190,10 @@ def parse_match(key: Key, raw: str) -> Matcher | None:
         return None
     if len(value) > MAX_VALUE_LENGTH and key.kind is not Kind.UID:
         raise QueryError(f"the value of {key.keyword} is too long")
+    if _CONTROL.search(value):
+        # No DICOM string holds them (ESC aside, for character sets); PostgreSQL refuses NUL
+        # in a parameter outright, so this must be a 400 here rather than an error there.
+        raise QueryError(f"the value of {key.keyword} holds control characters")
     if key.kind is Kind.UID:
         return Uids(parse_uid_list(key.keyword, value))
     if key.kind in (Kind.TEXT, Kind.PN):
