@@ -1,7 +1,7 @@
 """FastAPI app factory: wires settings to the stores and the routers.
 
-The DICOMweb and FHIR routers arrive with their issues; this holds what every deployment needs
-from the start: health checks that tell an orchestrator whether the server can do its job.
+The DICOMweb routers (app.dicomweb: ingest and research STOW, QIDO, WADO, delete) and the
+health checks that tell an orchestrator whether the server can do its job; FHIR comes next.
 """
 
 from __future__ import annotations

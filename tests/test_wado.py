@@ -482,7 +482,7 @@ def test_nothing_identifying_leaves_through_any_retrieve(research, tmp_path: Pat
 
 
 def test_bulk_uris_are_made_absolute_whatever_the_chunking():
-    from app.dicomweb.wado import _absolute, _joined_arrays
+    from app.dicomweb.wado_metadata import _absolute, _joined_arrays
 
     document = orjson.dumps(
         [
@@ -504,7 +504,7 @@ def test_bulk_uris_are_made_absolute_whatever_the_chunking():
 
 
 def test_accept_entries_are_ranked_by_q_with_quoted_parameters_kept_whole():
-    from app.dicomweb.wado import parse_accept
+    from app.dicomweb.accept import parse_accept
 
     ranges = parse_accept(
         'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50;'
@@ -517,3 +517,14 @@ def test_accept_entries_are_ranked_by_q_with_quoted_parameters_kept_whole():
     ]
     assert ranges[1].transfer_syntax == "1.2.840.10008.1.2.4.50"
     assert [r.type for r in parse_accept(None)] == ["*/*"]
+
+
+def test_big_endian_values_swap_per_vr_word_not_per_pixel():
+    from app.dicom.frames import big_endian_word, to_little_endian
+
+    assert big_endian_word("OW", 8) == 2  # 8-bit pixels in OW words (OBXXXX1A_expb.dcm)
+    assert big_endian_word("OB", 8) == 1 and big_endian_word("OF") == 4
+    assert big_endian_word("OW", 32) == 4
+    assert to_little_endian(b"\x01\x02\x03\x04\x05", 2) == b"\x02\x01\x04\x03\x05"
+    assert to_little_endian(b"\x01\x02\x03\x04", 4) == b"\x04\x03\x02\x01"
+    assert to_little_endian(b"\x01\x02", 1) == b"\x01\x02"

@@ -376,6 +376,33 @@ def decode_frame(ds: Dataset, layout: PixelLayout, frame: bytes) -> tuple[np.nda
     return array, photometric
 
 
+_VR_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def big_endian_word(vr: str, bits_allocated: int = 16) -> int:
+    """Bytes per unit to swap when a big endian value goes out in little endian.
+
+    The VR decides, not the pixel size: OW is 16-bit words even for 8-bit pixels (pydicom's
+    OBXXXX1A_expb.dcm), OB is bytes. Pixel data of 32 or 64 bits in OW swaps per pixel.
+    """
+    if vr == "OW" and bits_allocated > 16:
+        return bits_allocated // 8
+    return _VR_WORD.get(vr, 1)
+
+
+def to_little_endian(data: bytes, word: int) -> bytes:
+    """Big endian `word`-byte units in little endian order; an odd tail is left as it is
+    (values have even lengths; callers read in chunks that are multiples of 8)."""
+    if word < 2:
+        return data
+    whole = len(data) - len(data) % word
+    view = memoryview(data).cast("B")
+    out = bytearray(data)
+    for i in range(word):
+        out[i:whole:word] = view[word - 1 - i : whole : word]
+    return bytes(out)
+
+
 def native_bytes(array: np.ndarray, bits_allocated: int) -> bytes:
     """A decoded frame as native Explicit VR Little Endian pixel bytes."""
     if bits_allocated == 1:

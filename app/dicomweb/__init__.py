@@ -1,5 +1,6 @@
 """DICOMweb for researchers (STOW / QIDO / WADO under /projects/{p}/dicom-web) and its rules.
 
-Only URL building (`urls`) lives here so far; the routers arrive with their issue. Keep this
-file free of imports: the ingest service uses `urls` without loading FastAPI.
+The routers (ingest and research STOW, QIDO, WADO, delete) and the rules they share (Accept
+negotiation, public base URL). Keep this file free of imports: the ingest service uses `urls`
+without loading FastAPI.
 """

@@ -1,0 +1,212 @@
+"""WADO-RS instance retrieval (PS3.18 10.4.1.1.1): a study, a series or one instance as Part 10.
+
+The transfer syntax each instance goes out in is `accept.instance_syntax`'s (rules in
+app.dicomweb.accept). Here the bodies are produced: the stored blob streamed unchanged when
+its syntax is kept, else Explicit VR LE, with Implicit VR LE rewritten in its header only (the
+pixel bytes copied by range) and compressed pixel data decoded frame by frame. Every body is
+streamed in chunks on a worker thread, one multipart part per instance.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import AsyncIterator, Iterator
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from app.dicom.frames import (
+    DecodeError,
+    PixelLayout,
+    big_endian_word,
+    decode_frame,
+    native_bytes,
+    to_little_endian,
+)
+from app.dicom.multipart import Part
+from app.dicom.part10 import encode_dataset, encode_file_meta
+from app.dicomweb.accept import (
+    DICOM,
+    EXPLICIT_LE,
+    instance_syntax,
+    negotiate_instances,
+    with_syntax,
+)
+from app.dicomweb.urls import instance_url
+from app.dicomweb.wado_context import (
+    INSTANCE,
+    SERIES,
+    STUDY,
+    Route,
+    WadoContext,
+    accept_of,
+    blob_chunks,
+    check_uids,
+    find_instance,
+    find_instances,
+    frame_sources,
+    multipart,
+    range_chunks,
+    read_header,
+    threaded,
+)
+from app.store.blobs import BlobStore
+from app.store.models import Instance
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def _explicit_header(
+    ds: Dataset, instance: Instance, layout: PixelLayout, length: int, decoded: str | None
+) -> bytes:
+    """Preamble, file meta and data set in Explicit VR LE, then the pixel element header.
+
+    `decoded` is the photometric interpretation of decoded frames (None when the pixel bytes
+    are copied): colour becomes interleaved RGB, the offset tables of encapsulated data go.
+    """
+    meta = ds.file_meta
+    if decoded is not None:
+        ds.PhotometricInterpretation = decoded
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+            ds.PlanarConfiguration = 0
+        for tag in (0x7FE00001, 0x7FE00002):
+            if tag in ds:
+                del ds[tag]
+    file_meta = encode_file_meta(
+        instance.sop_class_uid,
+        instance.sop_uid,
+        EXPLICIT_LE,
+        str(meta.get("ImplementationClassUID") or "1.2.826.0.1.3680043.8.498.1"),
+        str(meta.get("ImplementationVersionName") or ""),
+    )
+    body = encode_dataset(ds, implicit=False, little=True)
+    vr = layout.vr if layout.vr in ("OB", "OW", "OF", "OD") else "OW"
+    if layout.tag == 0x7FE00010 and decoded is not None:
+        vr = "OB" if layout.bits_allocated <= 8 else "OW"
+    pixel = struct.pack("<HH2s2xL", layout.tag >> 16, layout.tag & 0xFFFF, vr.encode(), length)
+    return bytes(128) + b"DICM" + file_meta + body + pixel
+
+
+def _reencoded_whole(blobs: BlobStore, instance: Instance) -> bytes:
+    """An instance without pixel data (SR, KOS, RT…) in Explicit VR LE: small, read whole.
+
+    pydicom converts the encoding; binary values other than pixel data (rare here) keep
+    their byte order (a pydicom limitation for Big Endian sources).
+    """
+    with blobs.open(instance.blob_key) as stream:
+        ds = dcmread(io.BytesIO(stream.read()), force=True)
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    out = io.BytesIO()
+    try:
+        dcmwrite(out, ds, enforce_file_format=True)
+    except (ValueError, TypeError, struct.error) as exc:
+        raise DecodeError("the instance cannot be re-encoded") from exc
+    return out.getvalue()
+
+
+def _converted_chunks(blobs: BlobStore, instance: Instance) -> Iterator[bytes]:
+    """An instance in Explicit VR LE: header rewritten, pixel bytes copied or decoded."""
+    header = read_header(blobs, instance)
+    layout = header.layout
+    if layout is None:
+        yield _reencoded_whole(blobs, instance)
+        return
+    stored = instance.transfer_syntax_uid
+    native = stored in (str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
+    if native and layout.value_length is not None:
+        # Native pixels need no decoding: copied (Implicit VR LE), or swapped per word (BE).
+        end = layout.value_start + layout.value_length
+        word = 1 if layout.little_endian else big_endian_word(layout.vr, layout.bits_allocated)
+        yield _explicit_header(header.dataset, instance, layout, layout.value_length, None)
+        for piece in range_chunks(blobs, instance.blob_key, layout.value_start, end):
+            yield to_little_endian(piece, word)
+        return
+    frame_length = layout.rows * layout.columns * layout.samples * layout.bits_allocated // 8
+    total = frame_length * layout.frames
+    frames = frame_sources(blobs, instance, layout, header.dataset, range(1, layout.frames + 1))
+    first = None
+    for number, source in frames:
+        array, photometric = decode_frame(header.dataset, layout, source())
+        if first is None:
+            first = photometric
+            yield _explicit_header(header.dataset, instance, layout, total + total % 2, photometric)
+        data = native_bytes(array, layout.bits_allocated)
+        if len(data) != frame_length:
+            raise DecodeError(f"frame {number} decodes to an unexpected size")
+        yield data
+    if total % 2:
+        yield b"\0"
+
+
+def instance_chunks(blobs: BlobStore, instance: Instance, syntax: str) -> Iterator[bytes]:
+    """The instance as a Part 10 file in `syntax` (its stored one or Explicit VR LE)."""
+    if syntax == instance.transfer_syntax_uid:
+        yield from blob_chunks(blobs, instance.blob_key)
+    else:
+        yield from _converted_chunks(blobs, instance)
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+def instance_routes(ctx: WadoContext) -> list[Route]:
+    """Study, series and instance retrieval."""
+
+    def instances_response(
+        request: Request, project_id: str, instances: list[Instance], *, one: bool
+    ) -> Response:
+        accept = accept_of(request)
+        stored = [i.transfer_syntax_uid for i in instances]
+        single, requested = negotiate_instances(accept, stored, single_allowed=one)
+        blobs = ctx.blobs
+        base = ctx.base_of(request)
+
+        def body(instance: Instance) -> tuple[str, AsyncIterator[bytes]]:
+            syntax = instance_syntax(requested, instance.transfer_syntax_uid) or EXPLICIT_LE
+            return with_syntax(DICOM, syntax), threaded(instance_chunks(blobs, instance, syntax))
+
+        if single:
+            media_type, chunks = body(instances[0])
+            return StreamingResponse(chunks, media_type=media_type)
+
+        async def parts() -> AsyncIterator[Part]:
+            for instance in instances:
+                media_type, chunks = body(instance)
+                url = instance_url(
+                    base, project_id, instance.study_uid, instance.series_uid, instance.sop_uid
+                )
+                yield Part({"Content-Type": media_type, "Content-Location": url}, chunks)
+
+        return multipart(parts(), DICOM)
+
+    def retrieve_study(request: Request, project_id: str, study_uid: str) -> Response:
+        """The study's instances, multipart/related; type="application/dicom"."""
+        check_uids(study_uid)
+        instances = find_instances(ctx.index, project_id, study_uid)
+        return instances_response(request, project_id, instances, one=False)
+
+    def retrieve_series(
+        request: Request, project_id: str, study_uid: str, series_uid: str
+    ) -> Response:
+        """The series' instances, multipart/related; type="application/dicom"."""
+        check_uids(study_uid, series_uid)
+        instances = find_instances(ctx.index, project_id, study_uid, series_uid)
+        return instances_response(request, project_id, instances, one=False)
+
+    def retrieve_instance(
+        request: Request, project_id: str, study_uid: str, series_uid: str, sop_uid: str
+    ) -> Response:
+        """One instance: multipart (or single-part application/dicom when asked)."""
+        check_uids(study_uid, series_uid, sop_uid)
+        instance = find_instance(ctx.index, project_id, study_uid, series_uid, sop_uid)
+        return instances_response(request, project_id, [instance], one=True)
+
+    return [
+        (STUDY, retrieve_study, "wado_study"),
+        (SERIES, retrieve_series, "wado_series"),
+        (INSTANCE, retrieve_instance, "wado_instance"),
+    ]
