@@ -89,9 +89,7 @@ def test_orthanc_pushes_to_ingest_then_finds_and_pulls_back_the_pseudonymized_st
         assert leaked_tokens(data, WHO) == []
 
 
-def test_orthanc_queries_the_research_surface_by_modality_with_a_researcher_token(
-    peers, tmp_path
-):
+def test_orthanc_queries_the_research_surface_by_modality_with_a_researcher_token(peers, tmp_path):
     orthanc, server = peers
     ct = write_injected(sample("CT_small.dcm"), tmp_path / "ct.dcm", WHO)
     orthanc.push("depot-ingest", [orthanc.upload(ct)["ParentStudy"]])
