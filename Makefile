@@ -54,6 +54,7 @@ openapi: install
 bench: install
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/pseudonymize.py
+	$(PY) bench/dicomweb.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
