@@ -226,12 +226,15 @@ def ingest_written(
     *,
     accept: AcceptCheck | None = None,
     policy: HeaderPolicy | None = None,
+    refresh_metadata: bool = True,
 ) -> tuple[list[FileResult], IngestReport]:
     """Ingest files the caller already wrote into `run_dir` (from `scratch_run`), e.g. the
     parts of a STOW-RS request: the per-file ingest of `ingest_files`, then the metadata of
-    the series touched. `accept` may refuse an instance after pseudonymization, before it
-    is stored. `policy` replaces the project's pseudonymization (derived objects stored
-    from the research side). Same errors as `ingest_files` (IngestAborted when a store fails).
+    the series touched (unless `refresh_metadata` is False: the caller then calls
+    `refresh_series` for `touched_series(results)`, e.g. once its answer is sent).
+    `accept` may refuse an instance after pseudonymization, before it is stored. `policy`
+    replaces the project's pseudonymization (derived objects stored from the research
+    side). Same errors as `ingest_files` (IngestAborted when a store fails).
     """
     engine = engine_for(project, stores.vault)
     report = IngestReport(engine)
@@ -249,8 +252,27 @@ def ingest_written(
             results.append(result)
             if result.instance is not None and result.outcome is not Outcome.FAILED:
                 touched[result.instance.series_uid] = None
-        _refresh_metadata(stores, project.id, list(touched), report, None)
+        if refresh_metadata:
+            _refresh_metadata(stores, project.id, list(touched), report, None)
     return results, report
+
+
+def touched_series(results: Iterable[FileResult]) -> list[str]:
+    """The series that stored (or already held) an instance of `results`, in order."""
+    series = (
+        r.instance.series_uid for r in results if r.instance and r.outcome is not Outcome.FAILED
+    )
+    return list(dict.fromkeys(series))
+
+
+def refresh_series(stores: Stores, project_id: str, series_uids: Iterable[str]) -> int:
+    """Bring the series' metadata up to date; how many documents were rewritten."""
+    return sum(
+        refresh_series_metadata(
+            stores.index, stores.blobs, project_id, uid, uri_for=bulk_uris(project_id)
+        )
+        for uid in series_uids
+    )
 
 
 def _ingest_one(
@@ -331,10 +353,7 @@ def _refresh_metadata(
     if on_series:
         on_series(0, len(series_uids))
     for done, series_uid in enumerate(series_uids, 1):
-        if refresh_series_metadata(
-            stores.index, stores.blobs, project_id, series_uid, uri_for=bulk_uris(project_id)
-        ):
-            report.series_refreshed += 1
+        report.series_refreshed += refresh_series(stores, project_id, [series_uid])
         if on_series:
             on_series(done, len(series_uids))
 

@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from app.cli import app as cli_app
 from app.config import Settings
 from app.dicom.json_model import to_dicom_json
-from app.ingest import IngestAborted, Stores, ingest_files, sweep_orphans
+from app.ingest import IngestAborted, Stores, bulk_uris, ingest_files, sweep_orphans
 from app.projects import create_project, engine_for
 from app.pseudo.files import pseudonymize_file
 from app.pseudo.profile import kept_uid_attributes
@@ -43,7 +43,7 @@ from app.store.blobs import BlobStore, BlobStoreUnreachable
 from app.store.facts import InstanceFacts
 from app.store.index import index_engine
 from app.store.models import Project
-from app.store.series_metadata import read_series_metadata
+from app.store.series_metadata import read_series_metadata, refresh_series_metadata
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.research_server import DEPLOYMENTS, DEPOT_VARIABLES, configure_deployment
 from tests.samples import ct_series, readable_instances, sample
@@ -373,6 +373,40 @@ def test_adding_an_instance_changes_the_etag_and_replaces_the_metadata_blob(
     assert after.metadata_revision == after.revision == 3
     assert len(read_series_metadata(depot.blobs, after.metadata_key)) == 3
     assert not depot.blobs.exists(before.metadata_key)  # the old document is gone
+
+
+class CountingReads:
+    """A blob store that counts header reads (read_range), for the metadata refresh."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner, self.reads = inner, 0
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        self.reads += 1
+        return self.inner.read_range(key, start, end)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_a_growing_series_reads_only_its_new_headers_and_matches_a_full_rebuild(
+    depot: Depot, tmp_path: Path
+):
+    depot.ingest(ct_series(tmp_path / "in", 5))
+    counting = CountingReads(depot.blobs)
+    depot.stores.blobs = counting
+    depot.ingest(ct_series(tmp_path / "more", 2, start=5))
+    assert counting.reads == 2  # not 7: the 5 described instances kept their documents
+    [series] = index_repo.list_series(depot.index, "alpha")
+    incremental = read_series_metadata(depot.blobs, series.metadata_key)
+    assert refresh_series_metadata(
+        depot.index, counting.inner, "alpha", series.series_uid,
+        uri_for=bulk_uris("alpha"), force=True,
+    )  # fmt: skip
+    [rebuilt] = index_repo.list_series(depot.index, "alpha")
+    assert rebuilt.metadata_etag == series.metadata_etag  # the same bytes, read whole
+    assert read_series_metadata(depot.blobs, rebuilt.metadata_key) == incremental
+    assert len(incremental) == 7
 
 
 # --- projects are isolated ---------------------------------------------------------------------

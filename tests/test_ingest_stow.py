@@ -10,6 +10,7 @@ from pydicom import dcmread
 
 from app.auth.tokens import Role, issue_token
 from app.dicom.multipart import new_boundary
+from app.dicomweb import stow
 from app.main import create_app
 from app.projects import create_project
 from app.store import index_repo
@@ -176,3 +177,15 @@ def test_tokens_and_roles(server, instances):
     assert _post(client, tokens["researcher"], parts).status_code == 403
     assert _post(client, tokens["other"], parts).status_code == 404
     assert _stored(index) == []
+
+
+def test_series_metadata_refreshes_are_coalesced_across_concurrent_requests(monkeypatch):
+    refreshed: list[str] = []
+    monkeypatch.setattr(stow, "refresh_series", lambda _s, _p, uids: refreshed.extend(uids))
+    refresher = stow.MetadataRefresher(lambda: None)
+    assert refresher.mark("alpha", ["s1", "s2"]) == ["s1", "s2"]
+    assert refresher.mark("alpha", ["s2", "s3"]) == ["s3"]  # s2 is already waiting
+    assert refresher.mark("beta", ["s2"]) == ["s2"]  # another project's series
+    refresher.refresh("alpha", ["s1", "s2"])
+    assert refreshed == ["s1", "s2"]
+    assert refresher.mark("alpha", ["s1", "s3"]) == ["s1"]  # s1 may wait again, s3 still waits

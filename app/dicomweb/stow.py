@@ -31,10 +31,15 @@ Choices the standard leaves to us (FIELD-NOTES 1.3):
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
@@ -47,13 +52,17 @@ from app.ingest import (
     FileResult,
     IngestAborted,
     Outcome,
+    Stores,
     ingest_written,
     lazy_stores,
+    refresh_series,
     scratch_run,
+    touched_series,
 )
 from app.projects import ProjectError, get_project
 from app.pseudo.engine import InstanceResult
 from app.pseudo.files import HeaderPolicy
+from app.store.blobs import BlobStoreError
 from app.store.models import Project
 from app.vault import Vault
 
@@ -189,6 +198,37 @@ def stow_response(base: str, project_id: str, results: list[FileResult]) -> JSON
     return JSONResponse(body, code, headers=headers, media_type=DICOM_JSON)
 
 
+class MetadataRefresher:
+    """Series metadata brought up to date once a STOW-RS answer is sent, coalesced.
+
+    Concurrent requests into one series (a PACS pushing with several connections) each mark
+    it; a series already waiting is not queued again, and is unmarked just before its
+    refresh starts, so a change landing during the refresh queues one more. A failed
+    refresh only leaves the document stale: WADO-RS rebuilds stale metadata when read.
+    """
+
+    def __init__(self, stores: Callable[[], Stores]) -> None:
+        self._stores = stores
+        self._waiting: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def mark(self, project_id: str, series_uids: list[str]) -> list[str]:
+        """The series of `series_uids` not already waiting, now waiting."""
+        with self._lock:
+            new = [uid for uid in series_uids if (project_id, uid) not in self._waiting]
+            self._waiting.update((project_id, uid) for uid in new)
+        return new
+
+    def refresh(self, project_id: str, series_uids: list[str]) -> None:
+        for uid in series_uids:
+            with self._lock:
+                self._waiting.discard((project_id, uid))
+            try:
+                refresh_series(self._stores(), project_id, [uid])
+            except (BlobStoreError, SQLAlchemyError, OSError):
+                continue  # stale until read or the next change (see the class doc)
+
+
 class StowService:
     """One boundary's STOW-RS handler; the stores open on the first request (opening the
     index connects to it), sharing the process's vault."""
@@ -196,6 +236,7 @@ class StowService:
     def __init__(self, settings: Settings, vault: Vault) -> None:
         self.settings = settings
         self.stores = lazy_stores(settings, vault)
+        self.metadata = MetadataRefresher(self.stores)
 
     def project(self, project_id: str) -> Project:
         try:
@@ -211,7 +252,8 @@ class StowService:
         accept: AcceptCheck | None = None,
         policy: HeaderPolicy | None = None,
     ) -> JSONResponse:
-        """Write the body's parts to scratch, store them, answer per Annex I."""
+        """Write the body's parts to scratch, store them, answer per Annex I; the series
+        metadata is refreshed after the answer is sent (MetadataRefresher)."""
         boundary = _boundary(request.headers.get("content-type"))
         stores = await run_in_threadpool(self.stores)
         with scratch_run(stores.scratch, project.id) as run_dir:
@@ -223,11 +265,26 @@ class StowService:
                 raise _bad_request("the multipart body holds no part")
             try:
                 results, _report = await run_in_threadpool(
-                    ingest_written, stores, project, paths, run_dir, accept=accept, policy=policy
+                    functools.partial(
+                        ingest_written,
+                        stores,
+                        project,
+                        paths,
+                        run_dir,
+                        accept=accept,
+                        policy=policy,
+                        refresh_metadata=False,
+                    )
                 )
             except IngestAborted as exc:
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"storing stopped: {exc}"
                 ) from exc
         base = public_base(request, self.settings.public_url)
-        return stow_response(base, project.id, results)
+        response = stow_response(base, project.id, results)
+        waiting = self.metadata.mark(project.id, touched_series(results))
+        if waiting:
+            response.background = BackgroundTask(
+                run_in_threadpool, self.metadata.refresh, project.id, waiting
+            )
+        return response

@@ -1,8 +1,9 @@
 """Series-level WADO-RS metadata, precomputed at ingest (decision 6): gzip JSON plus an ETag.
 
 Viewers ask for a series' metadata constantly and peers are slow at it (OHIF #1536,
-microsoft/dicom-server#1871), so the document is built once, when the series changes: the
-DICOM JSON (PS3.18 Annex F) of every instance, read from each stored blob's *header only*
+microsoft/dicom-server#1871), so the document is built when the series changes, and only for
+what changed: instances already in the previous document keep their part of it, new ones are
+read. Each part is the DICOM JSON (PS3.18 Annex F) of one instance, from its blob's *header only*
 (`Instance.header_length` bytes, plus the 12 bytes of the pixel data element's header), never
 its pixel data (deflated files, rare and small, are read whole: they have no pixel offset).
 Every bulk value, pixel data always, becomes a BulkDataURI.
@@ -33,7 +34,7 @@ from sqlalchemy import Engine
 from app.dicom.json_model import BulkDataUri, JsonDataset, to_dicom_json
 from app.dicom.scan import read_header
 from app.store import index_repo, layout
-from app.store.blobs import BlobStore
+from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
 from app.store.models import Instance
 
 CONTENT_TYPE = "application/gzip"
@@ -82,16 +83,61 @@ def _pixel_element(
     return (tag, vr) if vr in ("OB", "OW", "OF", "OD") else None
 
 
-def build_series_metadata(blobs: BlobStore, instances: list[Instance], uri_for: UriFor) -> bytes:
-    """The series' metadata document (a JSON array, one object per instance, in order)."""
-    if len(instances) > 1:
-        with ThreadPoolExecutor(min(_READERS, len(instances))) as pool:
-            documents: list[Any] = list(
-                pool.map(lambda i: instance_metadata(blobs, i, uri_for), instances)
+_pool: ThreadPoolExecutor | None = None
+
+
+def _readers() -> ThreadPoolExecutor:
+    """One pool per process, made on first use (after a server worker forks): starting
+    threads for every refresh cost more than the reads on a busy ingest."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_READERS, thread_name_prefix="series-metadata")
+    return _pool
+
+
+def build_series_metadata(
+    blobs: BlobStore,
+    instances: list[Instance],
+    uri_for: UriFor,
+    known: dict[str, JsonDataset] | None = None,
+) -> bytes:
+    """The series' metadata document (a JSON array, one object per instance, in order).
+
+    `known` holds documents already built, by SOP Instance UID (the previous version of the
+    series' document): only the other instances' headers are read.
+    """
+    known = known or {}
+    missing = [i for i in instances if i.sop_uid not in known]
+    if len(missing) > 1:
+        built = dict(
+            zip(
+                (i.sop_uid for i in missing),
+                _readers().map(lambda i: instance_metadata(blobs, i, uri_for), missing),
+                strict=True,
             )
+        )
     else:
-        documents = [instance_metadata(blobs, i, uri_for) for i in instances]
+        built = {i.sop_uid: instance_metadata(blobs, i, uri_for) for i in missing}
+    documents: list[Any] = [known.get(i.sop_uid) or built[i.sop_uid] for i in instances]
     return orjson.dumps(documents)
+
+
+def _previous_documents(blobs: BlobStore, key: str | None) -> dict[str, JsonDataset]:
+    """The documents of the series' current metadata, by SOP Instance UID ({} if unreadable:
+    everything is then rebuilt from the instances, the source of truth)."""
+    if key is None:
+        return {}
+    try:
+        documents = read_series_metadata(blobs, key)
+    except (BlobNotFound, BlobStoreError, OSError, ValueError):
+        return {}
+    known = {}
+    for document in documents:
+        try:
+            known[document["00080018"]["Value"][0]] = document
+        except (KeyError, IndexError, TypeError):
+            continue
+    return known
 
 
 def etag_of(document: bytes) -> str:
@@ -116,7 +162,10 @@ def refresh_series_metadata(
         return False
     revision = series.revision
     instances = index_repo.list_instances(engine, project_id, series_uid=series_uid)
-    document = build_series_metadata(blobs, instances, uri_for)
+    # Instances already described keep their document: a series growing by STOW-RS
+    # requests is not re-read whole each time (that was quadratic). `force` re-reads all.
+    known = {} if force else _previous_documents(blobs, series.metadata_key)
+    document = build_series_metadata(blobs, instances, uri_for, known)
     etag = etag_of(document)
     key = layout.series_metadata_key(project_id, series.study_uid, series_uid, etag)
     blobs.put(key, [gzip.compress(document, compresslevel=6, mtime=0)], content_type=CONTENT_TYPE)
