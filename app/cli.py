@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from app.audit import events as audit_events
+from app.audit.log import AuditError
 from app.auth.tokens import Role, TokenError, issue_token, list_tokens, revoke_token
 from app.config import Settings, get_settings
 from app.projects import ProjectError, create_project, get_project, list_projects, project_engine
@@ -37,6 +39,8 @@ app.add_typer(project_app, name="project")
 app.add_typer(vault_app, name="vault")
 app.add_typer(pseudo_app, name="pseudo")
 app.add_typer(token_app, name="token")
+audit_app = typer.Typer(help="The audit trail: verify its hash chain, export it.")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)
@@ -49,6 +53,20 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _settings() -> Settings:
     return get_settings()
+
+
+def _operator() -> audit_events.Agent:
+    return audit_events.operator_agent(getpass.getuser())
+
+
+def _audit(settings: Settings, event: dict, project: str | None) -> None:
+    """Record a CLI event in the audit trail; a command whose event is not recorded fails."""
+    from app.audit.log import append
+
+    try:
+        append(index_engine(settings.index_url), event, project)
+    except AuditError as exc:
+        raise _fail(f"{exc}; the action was not recorded") from None
 
 
 @project_app.command("create")
@@ -98,6 +116,15 @@ def token_create(
         token, secret = issue_token(engine, project, role, label=label, expires_in=expires_in)
     except TokenError as exc:
         raise _fail(str(exc)) from None
+    event = audit_events.token_event(
+        issued=True, project_id=project, token_id=token.id, role=token.role,
+        agent=_operator(), outcome=audit_events.SUCCESS,
+    )  # fmt: skip
+    try:
+        _audit(settings, event, project)
+    except typer.Exit:
+        revoke_token(engine, project, token.id)  # no unrecorded token may work
+        raise
     base = (settings.public_url or "http://127.0.0.1:8080").rstrip("/")
     expiry = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "no expiry"
     console.print(
@@ -144,10 +171,16 @@ def token_revoke(
     project: Annotated[str, typer.Option(help="The project the token belongs to.")],
 ) -> None:
     """Revoke a token: it stops working at once, everywhere."""
+    settings = _settings()
     try:
-        token = revoke_token(index_engine(_settings().index_url), project, token_id)
+        token = revoke_token(index_engine(settings.index_url), project, token_id)
     except TokenError as exc:
         raise _fail(str(exc)) from None
+    event = audit_events.token_event(
+        issued=False, project_id=project, token_id=token.id, role=token.role,
+        agent=_operator(), outcome=audit_events.SUCCESS,
+    )  # fmt: skip
+    _audit(settings, event, project)
     console.print(f"Token {token.id} revoked ({token.revoked_at:%Y-%m-%d %H:%M} UTC).")
 
 
@@ -281,12 +314,29 @@ def ingest(
             progress.stop()
             if isinstance(exc, IngestAborted):
                 _print_ingest_summary(exc.report, None)
+            stopped = exc.report if isinstance(exc, IngestAborted) else None
+            _audit_ingest(settings, project, stopped, aborted=True)
             raise _fail(f"ingest stopped: {exc}. What is stored is kept; run it again.") from None
 
+    _audit_ingest(settings, project, done, aborted=False)
     if report:
         report.write_text(json.dumps(done.to_json(), indent=1))
     _print_ingest_summary(done, report)
     raise typer.Exit(min(len(done.failures), 125))
+
+
+def _audit_ingest(
+    settings: Settings, project: str, done: IngestReport | None, aborted: bool
+) -> None:
+    """One event per run: counts and pseudonymized study UIDs (never the input paths)."""
+    event = audit_events.ingest_event(
+        project_id=project, agent=_operator(),
+        files=done.files if done else 0, stored=len(done.stored) if done else 0,
+        already_present=len(done.already_present) if done else 0,
+        failed=len(done.failures) if done else 0, study_uids=done.studies if done else (),
+        aborted=aborted,
+    )  # fmt: skip
+    _audit(settings, event, project)
 
 
 def _print_ingest_summary(done: IngestReport, report: Path | None) -> None:
@@ -358,14 +408,79 @@ def vault_reidentify(
     project: Annotated[str, typer.Option(help="The project the pseudonym belongs to.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the re-identification log).")] = "",
 ) -> None:
-    """Print the original PatientID behind a pseudonym. Every call is recorded."""
+    """Print the original PatientID behind a pseudonym. Every call is recorded.
+
+    In the vault's re-identification log and in the audit trail; if the audit trail cannot
+    record it, nothing is printed.
+    """
+    from app.vault import LinkageNotFound
+
+    settings = _settings()
+    outcome, failure = audit_events.SUCCESS, None
     try:
-        identifiers = Vault.from_settings(_settings()).reidentify(
+        identifiers = Vault.from_settings(settings).reidentify(
             project, pseudonym, actor=getpass.getuser(), reason=reason
         )
     except (VaultError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        notfound = isinstance(exc, LinkageNotFound)
+        outcome = audit_events.MINOR_FAILURE if notfound else audit_events.SERIOUS_FAILURE
+        failure = exc
+    event = audit_events.reidentify_event(
+        project_id=project, pseudonym=pseudonym, agent=_operator(), outcome=outcome,
+        reason_given=bool(reason),
+    )  # fmt: skip
+    _audit(settings, event, project)
+    if failure is not None:
+        raise _fail(str(failure))
     console.print(identifiers.get("PatientID", ""))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    project: Annotated[str | None, typer.Option(help="Also count this project's records.")] = None,
+) -> None:
+    """Check the whole hash chain; report the first broken link (exit 1) or that it is intact."""
+    from app.audit.log import verify
+
+    result = verify(index_engine(_settings().index_url), project)
+    scope = f" ({result.project_records} of project {project})" if project else ""
+    if result.intact:
+        console.print(f"{result.records} records{scope}, chain intact.", highlight=False)
+        console.print(f"Head: record {result.head_seq}, hash {result.head_hash}", highlight=False)
+        return
+    err.print(
+        f"[red]Chain broken at record {result.broken_at}[/red]: {result.reason}. "
+        f"{result.records} records before it are intact.",
+        highlight=False,
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        str, typer.Option(help="From this day (YYYY-MM-DD) or instant (ISO 8601, UTC if no zone).")
+    ],
+    project: Annotated[str | None, typer.Option(help="Only this project's records.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write AuditEvents as NDJSON (one FHIR resource per line), oldest first, for a SIEM."""
+    from app.audit.log import Query, export
+
+    try:
+        start = dt.datetime.fromisoformat(since)
+    except ValueError:
+        raise _fail("--since: expected YYYY-MM-DD or an ISO 8601 instant") from None
+    start = start.replace(tzinfo=dt.UTC) if start.tzinfo is None else start.astimezone(dt.UTC)
+    events = export(index_engine(_settings().index_url), Query(project_id=project, since=start))
+    lines = (json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n" for e in events)
+    if out is None:
+        for line in lines:
+            typer.echo(line, nl=False)
+        return
+    with out.open("w", encoding="utf-8") as handle:
+        count = sum(1 for line in lines if handle.write(line))
+    console.print(f"{count} audit events written to {out}.")
 
 
 def main() -> None:

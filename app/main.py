@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import __version__
+from app.audit.fhir_router import audit_router
+from app.audit.http import AuditMiddleware
 from app.config import Settings, get_settings
 from app.dicomweb.delete import delete_router
 from app.dicomweb.ingest_stow import stow_router
@@ -33,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(qido_router(settings))
     app.include_router(research_stow_router(settings, vault))
     app.include_router(delete_router(settings, vault))
+    app.include_router(audit_router(settings))
+    app.add_middleware(AuditMiddleware, index_url=settings.index_url)  # one event per request
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

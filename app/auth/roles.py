@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 
 class Role(enum.StrEnum):
-    """Project roles. Room is left for site_admin, compute and auditor (later issues)."""
+    """Project roles. Room is left for site_admin and compute (later issues)."""
 
     data_manager = "data_manager"  # ingest, manage the project's data and tokens
     researcher = "researcher"  # read the pseudonymized data, store derived objects
+    auditor = "auditor"  # the DPO: the project's audit trail (app.audit), never images
 
 
 @dataclass(frozen=True, slots=True)

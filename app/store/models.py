@@ -179,3 +179,39 @@ class Token(SQLModel, table=True):
     revoked_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class AuditEvent(SQLModel, table=True):
+    """One audit record (app.audit): a FHIR R4 AuditEvent, chained to the previous record.
+
+    Append-only through `app.audit.log.append`, which takes the chain head's row lock, so
+    `seq` has no gaps and no forks. `project_id` carries no foreign key: the audit trail of a
+    project outlives its purge. `agent`, `action` and `entities` repeat what the JSON says,
+    for searching; `verify` checks that they agree with it.
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_event_project", "project_id", "seq"),
+        Index("ix_audit_event_recorded", "recorded_at"),
+    )
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    recorded_at: dt.datetime = Field(sa_column=_timestamp())
+    project_id: str | None = Field(default=None, sa_type=String(64))
+    agent: str = Field(default="", sa_type=String(64))  # token id, or CLI operator
+    action: str = Field(sa_type=String(1))  # C R U D E
+    entities: str = Field(default=" ", sa_type=String)  # " uid1 uid2 " (matched with LIKE)
+    event: str = Field(sa_type=String)  # canonical JSON of the AuditEvent resource
+    prev_hash: str = Field(sa_type=String(64))
+    hash: str = Field(sa_type=String(64))
+
+
+class AuditHead(SQLModel, table=True):
+    """The chain head: one row (id 1), the last record's number and hash; appends lock it."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    seq: int = Field(sa_type=BigInteger)
+    hash: str = Field(sa_type=String(64))

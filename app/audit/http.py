@@ -1,0 +1,165 @@
+"""Recording HTTP requests: an ASGI middleware, one AuditEvent per `/projects/{p}/…` request.
+
+The event is written when the response starts, so its outcome comes from the status code,
+before any byte of the body leaves. Fail closed: if the audit log cannot record it, the client
+gets 503 instead of the response (no data is served unrecorded). A change the request made
+(a STOW, a delete) has then happened without its record: the server log says so, and the
+client, told 503, retries (both are idempotent), which is recorded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+from sqlalchemy import Engine
+
+from app.audit.events import PROJECT_ID, Agent, http_event
+from app.audit.log import AuditError, append
+from app.auth.tokens import verify_token
+from app.store.index import index_engine
+
+log = logging.getLogger(__name__)
+
+_BEARER = re.compile(rb"^\s*bearer\s+(\S{1,200})\s*$", re.IGNORECASE)
+_TOKEN_ID = re.compile(rb"^depot_([0-9a-f]{12})_")
+_UNAVAILABLE = b'{"detail":"the audit log is unavailable; the request was not served"}'
+
+
+def _project(scope: dict) -> str | None:
+    value = scope.get("path_params", {}).get("project_id")
+    if value is None:
+        parts = scope.get("path", "").split("/")
+        value = parts[2] if len(parts) > 2 else None
+    return value if isinstance(value, str) and PROJECT_ID.match(value) else None
+
+
+def _ip(value: str):
+    try:
+        return ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _address(scope: dict) -> str:
+    """The peer; behind a trusted proxy (DEPOT_TRUSTED_PROXIES), the client it forwarded for:
+    the rightmost X-Forwarded-For address that is not itself a trusted proxy."""
+    client = scope.get("client")
+    peer = client[0] if client else ""
+    trusted = getattr(getattr(scope.get("app"), "state", None), "trusted_proxies", ())
+    address = _ip(peer)
+    if address is None or not any(address in network for network in trusted):
+        return peer
+    for name, value in scope.get("headers", []):
+        if name == b"x-forwarded-for":
+            for hop in reversed(value.decode("latin-1").split(",")):
+                ip = _ip(hop)
+                if ip is None:
+                    break
+                if not any(ip in network for network in trusted):
+                    return str(ip)
+    return peer
+
+
+def _agent(scope: dict, engine: Engine) -> Agent:
+    address = _address(scope)
+    principal = (scope.get("state") or {}).get("principal")
+    presented = None
+    if principal is None:  # refused (401, 403, 404): who was it, if anyone?
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                presented = value
+        match = _BEARER.match(presented or b"")
+        if match:
+            principal = verify_token(engine, match.group(1).decode("latin-1"))
+            if principal is None:  # revoked, expired, forged: only the public id, if any
+                token_id = _TOKEN_ID.match(match.group(1))
+                if token_id:
+                    ident = token_id.group(1).decode()
+                    return Agent("token", ident, "", address, "unverified token")
+    if principal is not None:
+        note = ""
+        if principal.project_id != _project(scope):
+            note = f"token of project {principal.project_id}"
+        return Agent("token", principal.token_id, principal.role.value, address, note)
+    return Agent("anonymous", address=address)
+
+
+def event_for(scope: dict, status: int, engine: Engine, crashed: bool = False) -> dict:
+    route = scope.get("route")
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return http_event(
+        method=scope.get("method", "GET"),
+        route_template=getattr(route, "path", None),
+        route_name=getattr(route, "name", "") or "",
+        project_id=_project(scope),
+        path_params=scope.get("path_params", {}),
+        query=query,
+        status=status,
+        agent=_agent(scope, engine),
+        crashed=crashed,
+    )
+
+
+class AuditMiddleware:
+    """Pure ASGI (no buffering of streamed WADO bodies)."""
+
+    def __init__(self, app, index_url: str) -> None:
+        self.app = app
+        self.index_url = index_url
+
+    async def _record(self, scope: dict, status: int, crashed: bool = False) -> bool:
+        def write() -> None:
+            engine = index_engine(self.index_url)
+            append(engine, event_for(scope, status, engine, crashed), _project(scope))
+
+        try:
+            await anyio.to_thread.run_sync(write)
+        except Exception as exc:  # noqa: BLE001  (a failure to record answers 503, never 500)
+            cause = exc.__cause__ if isinstance(exc, AuditError) else exc
+            log.error(
+                "audit: a request to %s was not recorded (%s)", _route(scope), type(cause).__name__
+            )
+            return False
+        return True
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/projects/"):
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})  # shared with request.state: the principal lands here
+        started = refused = False
+
+        async def audited_send(message) -> None:
+            nonlocal started, refused
+            if refused:
+                return  # the app's own response is dropped: 503 went out instead
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                if not await self._record(scope, message["status"]):
+                    refused = True
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 503,
+                            "headers": [(b"content-type", b"application/json")],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": _UNAVAILABLE})
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except Exception:
+            if not started:
+                await self._record(scope, 500, crashed=True)
+            raise
+
+
+def _route(scope: dict) -> str:
+    """For log lines: the route template, never the raw path (it may hold original UIDs)."""
+    return getattr(scope.get("route"), "path", None) or "/projects/…"
