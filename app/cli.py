@@ -483,6 +483,115 @@ def audit_export(
     console.print(f"{count} audit events written to {out}.")
 
 
+# --- retention and purge (app.retention) -------------------------------------------------------
+
+retention_app = typer.Typer(help="Retention: purge projects past their retention end.")
+app.add_typer(retention_app, name="retention")
+
+
+def _day(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"{option}: expected a date as YYYY-MM-DD") from None
+
+
+def _retention_call(call, *args, **kwargs):
+    """Run an app.retention function; its refusals and audit failures become error lines."""
+    from app.retention import RetentionError
+
+    try:
+        return call(_settings(), *args, agent=_operator(), **kwargs)
+    except (RetentionError, AuditError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _retention_line(p) -> str:
+    until = p.retention_until.isoformat() if p.retention_until else "not set"
+    hold = ", under legal hold" if p.legal_hold else ""
+    return f"Project {p.id}: {p.state}, kept until {until}{hold}."
+
+
+@project_app.command("retention")
+def project_retention(
+    project_id: Annotated[str, typer.Argument(metavar="ID", help="The project.")],
+    declared_end: Annotated[str, typer.Option(help="When the project ends (YYYY-MM-DD).")],
+    retention_until: Annotated[
+        str | None, typer.Option(help="Keep until (YYYY-MM-DD); default: 10 years after the end.")
+    ] = None,
+) -> None:
+    """Set a project's declared end and retention end (rec. 3.6)."""
+    from app.retention import set_retention
+
+    end = _day(declared_end, "--declared-end")
+    until = _day(retention_until, "--retention-until")
+    project = _retention_call(set_retention, project_id, end, until)
+    console.print(_retention_line(project), highlight=False)
+
+
+@project_app.command("hold")
+def project_hold(
+    project_id: Annotated[str, typer.Argument(metavar="ID", help="The project.")],
+    on: Annotated[bool, typer.Option("--on/--off", help="Set or lift the legal hold.")],
+) -> None:
+    """Set or lift a legal hold: a held project is never purged."""
+    from app.retention import set_legal_hold
+
+    project = _retention_call(set_legal_hold, project_id, on)
+    console.print(_retention_line(project), highlight=False)
+
+
+@project_app.command("close")
+def project_close(
+    project_id: Annotated[str, typer.Argument(metavar="ID", help="The project.")],
+) -> None:
+    """Close a project; without a declared end, it ends today (kept 10 more years)."""
+    from app.retention import close_project
+
+    project = _retention_call(close_project, project_id)
+    console.print(_retention_line(project), highlight=False)
+
+
+@retention_app.command("run")
+def retention_run(
+    today: Annotated[
+        str | None, typer.Option(help="Take this day (YYYY-MM-DD) as today; default: today.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be purged.")] = False,
+) -> None:
+    """Purge every project past its retention end and not under legal hold.
+
+    Blobs, index rows, tokens and the vault key go; the audit trail and a signed purge record
+    stay. An interrupted purge is finished. Exit status 1 if a purge failed.
+    """
+    from app.retention import run_retention
+
+    day = _day(today, "--today") or dt.date.today()
+    items = run_retention(_settings(), day, dry_run=dry_run, agent=_operator())
+    verb = "Would purge" if dry_run else "Purged"
+    table = Table("Project", "Kept until", "State before", "Blobs", "Studies", "Instances",
+                  "Linkages", "Outcome", title=f"{verb} on {day.isoformat()}")  # fmt: skip
+    for item in items:
+        record = item.result.record if item.result else None
+        counts = [str(getattr(record, n)) if record else "" for n in ("blobs", "studies")]
+        counts += [str(getattr(record, n)) if record else "" for n in ("instances", "linkages")]
+        if dry_run:
+            outcome = "would resume" if item.state == "purging" else "would purge"
+        elif item.error:
+            outcome = f"failed: {item.error}"
+        else:
+            outcome = "resumed, purged" if item.result and item.result.resumed else "purged"
+        until = item.retention_until.isoformat() if item.retention_until else ""
+        table.add_row(item.project_id, until, item.state, *counts, outcome)
+    if items:
+        console.print(table)
+    console.print(f"{len(items)} project(s) {'due' if dry_run else 'processed'}.")
+    if any(item.error for item in items):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

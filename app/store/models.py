@@ -32,7 +32,9 @@ import datetime as dt
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKeyConstraint,
     Index,
@@ -40,6 +42,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
+from sqlalchemy.sql import false
 from sqlmodel import Field, SQLModel
 
 UID = String(64)
@@ -60,8 +63,20 @@ class Project(SQLModel, table=True):
     title: str = Field(max_length=500)
     profile: str = Field(max_length=64)
     options: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    state: str = Field(default="active", max_length=16)
+    state: str = Field(default="active", max_length=16)  # active, closed, purging, purged
     created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    # Retention (app.retention): kept through `retention_until`, purged after it unless held.
+    declared_end: dt.date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    retention_until: dt.date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    legal_hold: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    closed_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    purged_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class Study(SQLModel, table=True):
@@ -215,3 +230,27 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     seq: int = Field(sa_type=BigInteger)
     hash: str = Field(sa_type=String(64))
+
+
+class PurgeRecord(SQLModel, table=True):
+    """What a purge removed, signed (app.retention): outlives the project's data, like the
+    audit trail, hence no foreign key. Written when the purge starts (counts accumulate over
+    runs, so a purge finished after a crash still counts everything); `purged_at`, the audit
+    record of the purge and the HMAC-SHA256 `signature` are set when it completes."""
+
+    __tablename__ = "purge_record"
+
+    project_id: str = Field(primary_key=True, sa_type=String(64))
+    started_at: dt.datetime = Field(sa_column=_timestamp())
+    purged_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    blobs: int = Field(default=0, sa_type=BigInteger)
+    studies: int = Field(default=0, sa_type=BigInteger)
+    series: int = Field(default=0, sa_type=BigInteger)
+    instances: int = Field(default=0, sa_type=BigInteger)
+    tokens: int = Field(default=0, sa_type=BigInteger)
+    linkages: int = Field(default=0, sa_type=BigInteger)
+    audit_seq: int | None = Field(default=None, sa_type=BigInteger)  # the purge's AuditEvent
+    audit_hash: str | None = Field(default=None, sa_type=String(64))  # the chain head then
+    signature: str | None = Field(default=None, sa_type=String(64))  # hex HMAC-SHA256

@@ -116,8 +116,10 @@ class Vault:
         with self._engine.connect() as conn:
             return self._project_exists(conn, project_id)
 
-    def destroy_project_key(self, project_id: str) -> None:
-        """Crypto-shredding: the key and every linkage go; the re-identification log stays."""
+    def destroy_project_key(self, project_id: str) -> int:
+        """Crypto-shredding: the key and every linkage go; the re-identification log stays.
+
+        Returns how many linkage records were removed (app.retention counts them)."""
         _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
         with self._engine.begin() as conn:
             gone = conn.execute(
@@ -125,8 +127,11 @@ class Vault:
             ).rowcount
             if not gone:
                 raise ProjectKeyMissing(f"project {project_id!r} has no key to destroy")
-            conn.execute(delete(schema.linkages).where(schema.linkages.c.project_id == project_id))
+            linkages = conn.execute(
+                delete(schema.linkages).where(schema.linkages.c.project_id == project_id)
+            ).rowcount
         log.info("vault: destroyed key and linkage of project %s", project_id)
+        return linkages
 
     # --- linkage ------------------------------------------------------------------------
 
@@ -205,6 +210,9 @@ class Vault:
                 outcome = "not-found"
                 failure = LinkageNotFound(
                     f"no linkage for this pseudonym in project {project_id!r}"
+                    if self._project_exists(conn, project_id)
+                    else f"project {project_id!r} has no vault key (never created, or purged: "
+                    "its pseudonyms can no longer be linked to anyone)"
                 )
             else:
                 try:
