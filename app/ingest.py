@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import telemetry
 from app.config import Settings
 from app.dicom.json_model import BulkDataUri
 from app.dicomweb.urls import bulkdata_uri
@@ -275,6 +276,7 @@ def refresh_series(stores: Stores, project_id: str, series_uids: Iterable[str]) 
     )
 
 
+@telemetry.traced_ingest_file  # span ingest.file, counters by outcome
 def _ingest_one(
     stores: Stores,
     project_id: str,
@@ -311,7 +313,8 @@ def _ingest_one(
         )
         _put(stores.blobs, key, tmp)
         try:
-            added = index_repo.upsert_instance(stores.index, project_id, facts, key)
+            with telemetry.span("index.upsert"):
+                added = index_repo.upsert_instance(stores.index, project_id, facts, key)
         except index_repo.IndexConflict:
             # Content-addressed key: no row points at it (a row with the same bytes would
             # have been "already present"), so the blob goes and the failure leaves nothing.
@@ -335,7 +338,8 @@ def _ingest_one(
 def _put(blobs: BlobStore, key: str, path: Path) -> None:
     """Hand the pseudonymized file to the store (a rename on the same filesystem)."""
     try:
-        blobs.put_file(key, path, content_type=DICOM_CONTENT_TYPE, move=True)
+        with telemetry.span("store.blob_put", {"depot.bytes": telemetry.file_size(path)}):
+            blobs.put_file(key, path, content_type=DICOM_CONTENT_TYPE, move=True)
     except BlobStoreError:
         raise
     except OSError as exc:  # the filesystem store's own failures: full disk, permissions

@@ -21,6 +21,7 @@ from app.dicomweb.qido import qido_router
 from app.dicomweb.research_stow import research_stow_router
 from app.dicomweb.wado import wado_router
 from app.store.index import index_engine
+from app.telemetry import TelemetryMiddleware, setup_telemetry
 from app.vault import Vault
 
 
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(delete_router(settings, vault))
     app.include_router(audit_router(settings))
     app.add_middleware(AuditMiddleware, index_url=settings.index_url)  # one event per request
+    setup_telemetry(settings)  # OTEL_* variables; no exporter set: the API's no-ops
+    app.add_middleware(TelemetryMiddleware)  # outermost: spans see the audit's 503 too
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

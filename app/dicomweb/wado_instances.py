@@ -19,6 +19,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from app import telemetry
 from app.dicom.frames import (
     DecodeError,
     PixelLayout,
@@ -145,9 +146,9 @@ def _converted_chunks(blobs: BlobStore, instance: Instance) -> Iterator[bytes]:
 def instance_chunks(blobs: BlobStore, instance: Instance, syntax: str) -> Iterator[bytes]:
     """The instance as a Part 10 file in `syntax` (its stored one or Explicit VR LE)."""
     if syntax == instance.transfer_syntax_uid:
-        yield from blob_chunks(blobs, instance.blob_key)
+        yield from telemetry.counted_wado(blob_chunks(blobs, instance.blob_key))
     else:
-        yield from _converted_chunks(blobs, instance)
+        yield from telemetry.counted_wado(_converted_chunks(blobs, instance))
 
 
 # --- routes -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import Engine
 
+from app import telemetry
 from app.dicom.json_model import BulkDataUri, JsonDataset, to_dicom_json
 from app.dicom.scan import read_header
 from app.store import index_repo, layout
@@ -187,6 +188,7 @@ def etag_of(document: bytes) -> str:
     return hashlib.sha256(document).hexdigest()
 
 
+@telemetry.traced("series_metadata.refresh")
 def refresh_series_metadata(
     engine: Engine,
     blobs: BlobStore,
@@ -205,6 +207,7 @@ def refresh_series_metadata(
         return False
     revision = series.revision
     instances = index_repo.list_instances(engine, project_id, series_uid=series_uid)
+    telemetry.set_attributes({"depot.instances": len(instances)})
     # Instances already described keep their document: a series growing by STOW-RS
     # requests is not re-read whole each time (that was quadratic). `force` re-reads all.
     known: dict[str, JsonDataset] = {}
