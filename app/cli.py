@@ -596,11 +596,11 @@ def main() -> None:
     app()
 
 
-def _print_demo_examples(settings: Settings, host: str, port: int) -> None:
+def _print_demo_examples(settings: Settings, host: str, port: int, scheme: str = "http") -> None:
     """A researcher token of the demo project and copy-paste examples that use it."""
     from app.demo import DEMO_PROJECT, DEMO_TOKEN_FILE, demo_token
 
-    base = f"http://{host}:{port}/projects/{DEMO_PROJECT}/dicom-web"
+    base = f"{scheme}://{host}:{port}/projects/{DEMO_PROJECT}/dicom-web"
     auth = '-H "Authorization: Bearer $TOKEN"'
     client = (
         "import os; from dicomweb_client import DICOMwebClient; "
@@ -629,10 +629,20 @@ def serve(
     demo: Annotated[
         bool, typer.Option(help="Create the 'demo' project with sample studies if missing.")
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS, with HSTS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
-    """Start the HTTP server."""
+    """Start the HTTP server (HTTPS with --tls-cert and --tls-key)."""
     import uvicorn  # the server extra; the CLI alone does not need it
 
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail("--tls-cert and --tls-key go together: give both, or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise _fail(f"{path} is not a readable file")
+    scheme = "https" if tls_cert else "http"
     settings = _settings()
     if demo:
         from app.demo import ensure_demo
@@ -643,7 +653,17 @@ def serve(
                 f"Demo project ready: {len(filled.stored)} sample instances in "
                 f"{len(filled.studies)} studies, pseudonymized with profile research-fr."
             )
-    console.print(f"imaging-depot on http://{host}:{port} — data in {settings.resolved_data_dir}")
+    console.print(
+        f"imaging-depot on {scheme}://{host}:{port} — data in {settings.resolved_data_dir}"
+    )
     if demo:
-        _print_demo_examples(settings, host, port)
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+        _print_demo_examples(settings, host, port, scheme)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )

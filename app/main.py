@@ -20,6 +20,7 @@ from app.dicomweb.public_base import parse_trusted_proxies
 from app.dicomweb.qido import qido_router
 from app.dicomweb.research_stow import research_stow_router
 from app.dicomweb.wado import wado_router
+from app.security_headers import SecurityHeadersMiddleware
 from app.store.index import index_engine
 from app.telemetry import TelemetryMiddleware, setup_telemetry
 from app.vault import Vault
@@ -39,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router(settings))
     app.add_middleware(AuditMiddleware, index_url=settings.index_url)  # one event per request
     setup_telemetry(settings)  # OTEL_* variables; no exporter set: the API's no-ops
-    app.add_middleware(TelemetryMiddleware)  # outermost: spans see the audit's 503 too
+    app.add_middleware(TelemetryMiddleware)  # spans see the audit's 503 too
+    app.add_middleware(SecurityHeadersMiddleware)  # on every answer, 503s and 401s included
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
