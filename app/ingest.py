@@ -287,7 +287,11 @@ def _ingest_one(
     accept: AcceptCheck | None = None,
 ) -> FileResult:
     try:
-        result, tmp = pseudonymize_file(src, run_dir, engine)
+        # The span lives here, not in app.pseudo: the engine and `depot pseudonymize` stay
+        # free of telemetry (and of its import at start-up).
+        with telemetry.span("pseudonymize"):
+            result, tmp = pseudonymize_file(src, run_dir, engine)
+            telemetry.pseudonymized(engine, result)  # profile name, count of changes
     except NotAttached as exc:
         return FileResult(src, Outcome.FAILED, reason=str(exc), cause=Cause.NOT_ATTACHED)
     except (UnreadableInput, DeidentificationError) as exc:

@@ -45,7 +45,17 @@ from app.config import Settings
 from app.projects import ProjectError
 from app.store.index import index_engine
 from app.store.layout import project_prefix
-from app.store.models import AuditEvent, Instance, Project, PurgeRecord, Series, Study, Token
+from app.store.models import (
+    AuditEvent,
+    Instance,
+    Project,
+    PurgeRecord,
+    Series,
+    Study,
+    Token,
+    as_utc,
+    utc_now,
+)
 from app.vault import Vault, load_master_key
 
 DEFAULT_RETENTION_YEARS = 10
@@ -61,17 +71,6 @@ _COUNTED = ("blobs", "studies", "series", "instances", "tokens", "linkages")
 
 class RetentionError(ProjectError):
     """A readable sentence about why a retention change or a purge is refused."""
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
 
 
 def _engine(settings: Settings) -> Engine:
@@ -159,7 +158,7 @@ def close_project(
         return project
     if project.state != ACTIVE:
         raise RetentionError(f"project {project_id} is {project.state}; it cannot be closed")
-    values: dict = {"state": CLOSED, "closed_at": _now()}
+    values: dict = {"state": CLOSED, "closed_at": utc_now()}
     if project.declared_end is None:
         end = today or dt.date.today()
         values |= {"declared_end": end, "retention_until": _years_later(end, 10)}
@@ -204,7 +203,7 @@ def signing_key(settings: Settings) -> bytes:
 def _signed_fields(record: PurgeRecord) -> dict:
     values = {name: getattr(record, name) for name in _SIGNED_FIELDS}
     for name in ("started_at", "purged_at"):
-        moment = _aware(values[name])
+        moment = as_utc(values[name])
         values[name] = moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
     return values
 
@@ -302,7 +301,7 @@ def _mark(settings: Settings, project_id: str) -> None:
         tokens = conn.execute(delete(Token.__table__).where(Token.project_id == project_id))
         conn.execute(
             _RECORD.insert().values(
-                project_id=project_id, started_at=_now(), blobs=0, studies=0, series=0,
+                project_id=project_id, started_at=utc_now(), blobs=0, studies=0, series=0,
                 instances=0, tokens=tokens.rowcount, linkages=0,
             )
         )  # fmt: skip
@@ -362,9 +361,9 @@ def _complete(settings: Settings, project_id: str, agent: ev.Agent) -> PurgeReco
         head_hash = conn.execute(
             select(AuditEvent.__table__.c.hash).where(AuditEvent.__table__.c.seq == seq)
         ).scalar_one()
-        purged_at = _now()
+        purged_at = utc_now()
         record.purged_at, record.audit_seq, record.audit_hash = purged_at, seq, head_hash
-        record.started_at = _aware(record.started_at)
+        record.started_at = as_utc(record.started_at)
         record.signature = sign(signing_key(settings), record)
         conn.execute(
             update(_RECORD)

@@ -103,3 +103,12 @@ def leaked_tokens(data: bytes, who: Identity) -> list[str]:
                 found.append(token)
                 break
     return found
+
+
+def original_uids(paths: list[Path]) -> set[str]:
+    """The SOP, study and series UIDs of identifiable files: none may come back from the server."""
+    uids = set()
+    for path in paths:
+        ds = dcmread(path, force=True)
+        uids |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
+    return uids

@@ -26,7 +26,7 @@ from app.main import create_app
 from app.projects import create_project
 from app.store.index import _sqlite_pragmas, index_engine
 from app.store.models import Study
-from tests.identities import Identity, leaked_tokens, write_injected
+from tests.identities import Identity, leaked_tokens, original_uids, write_injected
 from tests.samples import sample
 
 pytest_plugins = ["tests.blobstores", "tests.research_server"]
@@ -58,14 +58,6 @@ def _injected(tmp_path: Path) -> list[Path]:
         write_injected(sample("CT_small.dcm"), folder / "QUIMPERLE_Hortensia_ct.dcm", WHO),
         write_injected(sample("MR_small.dcm"), folder / "mr.dcm", WHO),
     ]
-
-
-def _originals(paths: list[Path]) -> set[str]:
-    uids = set()
-    for path in paths:
-        ds = dcmread(path, force=True)
-        uids |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
-    return uids
 
 
 def _table_dump(index_url: str) -> bytes:
@@ -176,7 +168,7 @@ def test_each_request_yields_one_event_with_its_outcome_and_nothing_identifying(
 
     dump = _table_dump(research.settings.index_url)
     assert leaked_tokens(dump, WHO) == []
-    for uid in _originals(paths):
+    for uid in original_uids(paths):
         assert uid.encode() not in dump
     for secret in research.tokens.values():
         assert secret.encode() not in dump
@@ -415,7 +407,7 @@ def test_cli_records_tokens_ingest_and_reidentification_and_exports_ndjson(setti
     assert events[4]["entity"][1]["what"] == {"display": "<redacted: 11 characters>"}
     dump = _table_dump(settings.index_url)
     assert leaked_tokens(dump, WHO) == []  # no name from the reason or the file names
-    for uid in _originals(paths):
+    for uid in original_uids(paths):
         assert uid.encode() not in dump
 
     exported = run("audit", "export", "--since", "2000-01-01", "--project", "alpha")

@@ -15,7 +15,7 @@ from app.main import create_app
 from app.projects import create_project
 from app.store import index_repo
 from app.store.index import index_engine
-from tests.identities import Identity, leaked_tokens, write_injected
+from tests.identities import Identity, leaked_tokens, original_uids, write_injected
 from tests.samples import sample
 
 URL = "/projects/alpha/ingest/studies"
@@ -42,14 +42,6 @@ def instances(tmp_path) -> list[Path]:
         write_injected(sample(name), tmp_path / f"{i}.dcm", WHO)
         for i, name in enumerate(("CT_small.dcm", "MR_small.dcm"))
     ]
-
-
-def _originals(paths: list[Path]) -> set[str]:
-    uids = set()
-    for path in paths:
-        ds = dcmread(path, force=True)
-        uids |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
-    return uids
 
 
 def _body(parts: list[bytes], boundary: str, close: bool = True) -> bytes:
@@ -90,7 +82,7 @@ def test_two_instances_are_stored_pseudonymized_and_a_repost_is_already_present(
     assert response.headers["content-type"].startswith("application/dicom+json")
     items = response.json()[REFERENCED]["Value"]
     assert len(items) == 2 and FAILED not in response.json()
-    originals = _originals(instances)
+    originals = original_uids(instances)
     sops = [item[SOP_INSTANCE]["Value"][0] for item in items]
     assert all(uid.startswith("2.25.") and uid not in originals for uid in sops)
     assert all(item[WARNING]["Value"] == [0xB000] for item in items)
@@ -116,7 +108,7 @@ def test_one_good_and_one_garbage_part_answer_202(server, instances):
     (failed,) = body[FAILED]["Value"]
     assert failed == {FAILURE: {"vr": "US", "Value": [0xC000]}}  # UIDs unknown: omitted
     assert len(_stored(index)) == 1
-    _assert_clean(response, _originals(instances))
+    _assert_clean(response, original_uids(instances))
 
 
 def test_all_garbage_answers_400(server):
@@ -137,7 +129,7 @@ def test_a_study_mismatch_fails_with_a900_and_the_right_study_is_stored(server, 
     assert failed[FAILURE]["Value"] == [0xA900]
     assert failed[SOP_INSTANCE]["Value"][0].startswith("2.25.")
     assert len(_stored(index)) == 1
-    _assert_clean(response, _originals(instances))
+    _assert_clean(response, original_uids(instances))
     only_wrong = _post(client, tokens["manager"], parts[1:], url=f"{URL}/{right}")
     assert only_wrong.status_code == 409
 
@@ -167,7 +159,7 @@ def test_a_truncated_or_malformed_body_answers_400_and_stores_nothing(server, in
     }
     assert client.post(URL, content=b"--x--\r\n", headers=headers).status_code == 400
     assert _stored(index) == []
-    _assert_clean(truncated, _originals(instances))
+    _assert_clean(truncated, original_uids(instances))
 
 
 def test_tokens_and_roles(server, instances):

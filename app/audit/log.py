@@ -25,7 +25,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.events import agent_index, entity_index
-from app.store.models import AuditEvent, AuditHead
+from app.store.models import AuditEvent, AuditHead, as_utc
 
 GENESIS = "0" * 64
 _events = AuditEvent.__table__
@@ -47,10 +47,6 @@ def record_hash(seq: int, project_id: str | None, event: Mapping, prev_hash: str
 
 def _instant(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 def _entities_column(event: Mapping) -> str:
@@ -157,7 +153,7 @@ def _check(row, expected: int, prev_hash: str) -> tuple[int, str] | None:
         row.agent == agent_index(event)
         and row.action == event.get("action")
         and row.entities == _entities_column(event)
-        and abs(_aware(row.recorded_at) - recorded) < dt.timedelta(milliseconds=1)
+        and abs(as_utc(row.recorded_at) - recorded) < dt.timedelta(milliseconds=1)
     )
     if not consistent:
         return row.seq, f"record {row.seq}'s search columns disagree with its content"

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from app.auth.roles import Principal, Role
-from app.store.models import Project, Token
+from app.store.models import Project, Token, as_utc, utc_now
 
 __all__ = [
     "Principal",
@@ -49,22 +49,11 @@ class TokenNotFound(TokenError):
     """No token with this id in this project."""
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 def _zoned(token: Token) -> Token:
     """The token (detached from its session) with its timestamps in UTC on every database."""
-    token.created_at = _aware(token.created_at)
-    token.expires_at = _aware(token.expires_at)
-    token.revoked_at = _aware(token.revoked_at)
+    token.created_at = as_utc(token.created_at)
+    token.expires_at = as_utc(token.expires_at)
+    token.revoked_at = as_utc(token.revoked_at)
     return token
 
 
@@ -99,7 +88,7 @@ def issue_token(
     if len(label) > 200:
         raise TokenError("a token label is at most 200 characters")
     secret = secrets.token_bytes(SECRET_BYTES)
-    created = _now()
+    created = utc_now()
     with _session(engine) as session:
         if session.get(Project, project_id) is None:
             raise TokenError(f"no project {project_id}; `depot project list` shows them")
@@ -147,10 +136,10 @@ def verify_token(engine: Engine, presented: str) -> Principal | None:
     matches = hmac.compare_digest(_hash(secret), token.token_hash if token else _DUMMY_HASH)
     if token is None or not matches:
         return None
-    now = _now()
+    now = utc_now()
     if token.revoked_at is not None:
         return None
-    expires_at = _aware(token.expires_at)
+    expires_at = as_utc(token.expires_at)
     if expires_at is not None and expires_at <= now:
         return None
     try:
@@ -167,7 +156,7 @@ def revoke_token(engine: Engine, project_id: str, token_id: str) -> Token:
         if token is None or token.project_id != project_id:  # another project's: not found
             raise TokenNotFound(f"no token {token_id} in project {project_id}")
         if token.revoked_at is None:
-            token.revoked_at = _now()
+            token.revoked_at = utc_now()
             session.add(token)
             session.commit()
     return _zoned(token)

@@ -11,16 +11,15 @@ pseudonymized with the project's keys, with the stored instance's (A900 when the
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.http import require
 from app.auth.roles import Role
 from app.config import Settings
-from app.dicomweb.stow import STOW_REQUEST_BODY, STOW_RESPONSES, StowService
+from app.dicomweb.stow import StowService, add_stow_routes, in_study
 from app.projects import engine_for
-from app.pseudo.engine import InstanceResult
 from app.vault import Vault
 
 MANAGER = require(Role.data_manager)
@@ -36,30 +35,13 @@ def stow_router(settings: Settings, vault: Vault) -> APIRouter:
     ) -> JSONResponse:
         """STOW-RS into the project: each instance is pseudonymized, then stored."""
         project = await run_in_threadpool(service.project, project_id)
-        accept = None
+        expected = None
         if study_uid is not None:
             stores = await run_in_threadpool(service.stores)
             expected = engine_for(project, stores.vault).map_uid(study_uid)
+        return await service.store(request, project, accept=in_study(expected))
 
-            def accept(instance: InstanceResult) -> str | None:
-                if instance.study_uid != expected:
-                    return "the instance's StudyInstanceUID differs from the one in the path"
-                return None
-
-        return await service.store(request, project, accept=accept)
-
-    for path in (
-        "/projects/{project_id}/ingest/studies",
-        "/projects/{project_id}/ingest/studies/{study_uid}",
-    ):
-        router.add_api_route(
-            path,
-            store_instances,
-            methods=["POST"],
-            dependencies=[Depends(MANAGER)],
-            response_class=JSONResponse,
-            responses=STOW_RESPONSES,
-            openapi_extra={"requestBody": STOW_REQUEST_BODY},
-            name="stow_ingest" if "study_uid" not in path else "stow_ingest_study",
-        )
+    add_stow_routes(
+        router, "/projects/{project_id}/ingest/studies", store_instances, MANAGER, "stow_ingest"
+    )
     return router

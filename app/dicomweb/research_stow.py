@@ -11,16 +11,15 @@ response rules are those of `app.dicomweb.stow`.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.http import require
 from app.auth.roles import Role
 from app.config import Settings
-from app.dicomweb.stow import STOW_REQUEST_BODY, STOW_RESPONSES, StowService
+from app.dicomweb.stow import StowService, add_stow_routes, in_study
 from app.pseudo.derived import DerivedCleaner, StudyPatient
-from app.pseudo.engine import InstanceResult
 from app.store import index_repo
 from app.vault import Vault
 
@@ -47,29 +46,14 @@ def research_stow_router(settings: Settings, vault: Vault) -> APIRouter:
                 study.patient_id or "", study.patient_name or "", study.patient_birth_date or ""
             )
 
-        accept = None
-        if study_uid is not None:
-
-            def accept(instance: InstanceResult) -> str | None:
-                if instance.study_uid != study_uid:
-                    return "the instance's StudyInstanceUID differs from the one in the path"
-                return None
-
         policy = DerivedCleaner(study_patient)
-        return await service.store(request, project, accept=accept, policy=policy)
+        return await service.store(request, project, accept=in_study(study_uid), policy=policy)
 
-    for path in (
+    add_stow_routes(
+        router,
         "/projects/{project_id}/dicom-web/studies",
-        "/projects/{project_id}/dicom-web/studies/{study_uid}",
-    ):
-        router.add_api_route(
-            path,
-            store_derived,
-            methods=["POST"],
-            dependencies=[Depends(READ_WRITE)],
-            response_class=JSONResponse,
-            responses=STOW_RESPONSES,
-            openapi_extra={"requestBody": STOW_REQUEST_BODY},
-            name="stow_derived" if "study_uid" not in path else "stow_derived_study",
-        )
+        store_derived,
+        READ_WRITE,
+        "stow_derived",
+    )
     return router

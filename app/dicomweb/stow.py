@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
@@ -196,6 +196,39 @@ def stow_response(base: str, project_id: str, results: list[FileResult]) -> JSON
     if failed:
         headers["Warning"] = _warning(failed, len(results))
     return JSONResponse(body, code, headers=headers, media_type=DICOM_JSON)
+
+
+def in_study(expected: str | None) -> AcceptCheck | None:
+    """The check of `POST …/studies/{study}`: every instance is of that (stored) study."""
+    if expected is None:
+        return None
+
+    def accept(instance: InstanceResult) -> str | None:
+        if instance.study_uid != expected:
+            return "the instance's StudyInstanceUID differs from the one in the path"
+        return None
+
+    return accept
+
+
+def add_stow_routes(
+    router: APIRouter, studies_path: str, endpoint: Callable, guard: Callable, name: str
+) -> None:
+    """`POST {studies_path}` and `POST {studies_path}/{study_uid}`, with the STOW-RS schema."""
+    for path, route_name in (
+        (studies_path, name),
+        (f"{studies_path}/{{study_uid}}", f"{name}_study"),
+    ):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            dependencies=[Depends(guard)],
+            response_class=JSONResponse,
+            responses=STOW_RESPONSES,
+            openapi_extra={"requestBody": STOW_REQUEST_BODY},
+            name=route_name,
+        )
 
 
 class MetadataRefresher:

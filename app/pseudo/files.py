@@ -28,7 +28,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from app import __version__, telemetry
+from app import __version__
 from app.dicom.part10 import (
     TruncatedData,
     copy_range,
@@ -172,7 +172,6 @@ def output_path(out_dir: Path, result: InstanceResult) -> Path:
     return out_dir / result.study_uid / result.series_uid / f"{result.sop_uid}.dcm"
 
 
-@telemetry.traced("pseudonymize")
 def pseudonymize_file(
     src: Path, out_dir: Path, engine: HeaderPolicy, *, fsync: bool = False
 ) -> tuple[InstanceResult, Path]:
@@ -188,7 +187,6 @@ def pseudonymize_file(
             raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise UnreadableInput(f"malformed header ({type(exc).__name__})") from exc
-        telemetry.pseudonymized(engine, result)  # profile name, count of changes
         target = output_path(out_dir, result)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-", suffix=".dcm")

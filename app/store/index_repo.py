@@ -12,7 +12,6 @@ write is one transaction, so a crash leaves the counts consistent with the rows.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 from collections.abc import Iterable, Sequence
 
@@ -21,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from app.store.facts import InstanceFacts
-from app.store.models import Instance, Series, Study
+from app.store.models import Instance, Series, Study, utc_now
 
 _IN_BATCH = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's limits
 
@@ -50,10 +49,6 @@ class HierarchyConflict(IndexConflict):
 class Added(enum.Enum):
     STORED = "stored"
     ALREADY_PRESENT = "already present"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _session(engine: Engine) -> Session:
@@ -110,7 +105,7 @@ def upsert_instance(engine: Engine, project_id: str, facts: InstanceFacts, blob_
 
 def _add(conn: Connection, project_id: str, facts: InstanceFacts, blob_key: str) -> bool:
     """The writes of upsert_instance, in one transaction; False if the instance was there."""
-    now = _now()
+    now = utc_now()
     in_study = (STUDY.c.project_id == project_id) & (STUDY.c.study_uid == facts.study_uid)
     # Counting first also locks the study row (PostgreSQL; SQLite has one writer anyway), so
     # writers adding series to one study see each other's series when listing modalities.
@@ -221,7 +216,7 @@ def set_series_metadata(
                 metadata_key=key,
                 metadata_etag=etag,
                 metadata_revision=revision,
-                metadata_updated_at=_now(),
+                metadata_updated_at=utc_now(),
             )
         )
         return result.rowcount == 1
@@ -315,7 +310,7 @@ def _recount_or_drop_study(
             number_of_series=len(series_uids),
             number_of_instances=sum(per_series.get(uid, 0) for uid in series_uids),
             modalities=_modalities(conn, project_id, study_uid),
-            updated_at=_now(),
+            updated_at=utc_now(),
         )
     )
 

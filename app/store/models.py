@@ -48,8 +48,16 @@ from sqlmodel import Field, SQLModel
 UID = String(64)
 
 
-def _now() -> dt.datetime:
+def utc_now() -> dt.datetime:
+    """The time every timestamp column is written in."""
     return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A timestamp read back, in UTC: SQLite hands them back without their zone."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
 
 
 def _timestamp() -> Column:
@@ -64,7 +72,7 @@ class Project(SQLModel, table=True):
     profile: str = Field(max_length=64)
     options: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     state: str = Field(default="active", max_length=16)  # active, closed, purging, purged
-    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     # Retention (app.retention): kept through `retention_until`, purged after it unless held.
     declared_end: dt.date | None = Field(default=None, sa_column=Column(Date, nullable=True))
     retention_until: dt.date | None = Field(default=None, sa_column=Column(Date, nullable=True))
@@ -106,8 +114,8 @@ class Study(SQLModel, table=True):
     modalities: str = Field(default="", sa_type=String)  # "CT\\SR": returned, not matched
     number_of_series: int = Field(default=0, sa_type=Integer)
     number_of_instances: int = Field(default=0, sa_type=Integer)
-    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
-    updated_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    updated_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
 
 
 class Series(SQLModel, table=True):
@@ -141,7 +149,7 @@ class Series(SQLModel, table=True):
     metadata_updated_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
-    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
 
 
 class Instance(SQLModel, table=True):
@@ -174,7 +182,7 @@ class Instance(SQLModel, table=True):
     size: int = Field(sa_type=BigInteger)
     header_length: int = Field(sa_type=BigInteger)  # bytes before the pixel data element
     sha256: str = Field(sa_type=String(64))  # of the stored bytes: the idempotency check
-    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
 
 
 class Token(SQLModel, table=True):
@@ -187,7 +195,7 @@ class Token(SQLModel, table=True):
     role: str = Field(sa_type=String(32))
     token_hash: str = Field(sa_type=String(64))  # hex SHA-256 of the 32 secret bytes
     label: str = Field(default="", sa_type=String(200))
-    created_at: dt.datetime = Field(default_factory=_now, sa_column=_timestamp())
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     expires_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
