@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from app.audit import events as audit_events
 from app.audit.log import AuditError
-from app.auth.tokens import Role, TokenError, issue_token, list_tokens, revoke_token
-from app.config import Settings, get_settings
+from app.cli_access import ACCESS_APPS
+from app.cli_common import audit as _audit
+from app.cli_common import console, err
+from app.cli_common import fail as _fail
+from app.cli_common import operator as _operator
+from app.cli_common import settings as _settings
+from app.config import Settings
 from app.projects import ProjectError, create_project, get_project, list_projects, project_engine
 from app.pseudo.batch import iter_inputs, pseudonymize_paths
 from app.pseudo.engine import InstanceResult
@@ -32,41 +36,13 @@ app = typer.Typer(help="imaging-depot: research copies of imaging studies.", no_
 project_app = typer.Typer(help="Create and list research projects.", no_args_is_help=True)
 vault_app = typer.Typer(help="The vault: the only way from a pseudonym back to a person.")
 pseudo_app = typer.Typer(help="Inspect what pseudonymization will meet.", no_args_is_help=True)
-token_app = typer.Typer(
-    help="Bearer tokens: project access for people and tools.", no_args_is_help=True
-)
 app.add_typer(project_app, name="project")
 app.add_typer(vault_app, name="vault")
 app.add_typer(pseudo_app, name="pseudo")
-app.add_typer(token_app, name="token")
+for name, sub_app in ACCESS_APPS.items():
+    app.add_typer(sub_app, name=name)
 audit_app = typer.Typer(help="The audit trail: verify its hash chain, export it.")
 app.add_typer(audit_app, name="audit")
-
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]Error:[/red] {message}")
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    return get_settings()
-
-
-def _operator() -> audit_events.Agent:
-    return audit_events.operator_agent(getpass.getuser())
-
-
-def _audit(settings: Settings, event: dict, project: str | None) -> None:
-    """Record a CLI event in the audit trail; a command whose event is not recorded fails."""
-    from app.audit.log import append
-
-    try:
-        append(index_engine(settings.index_url), event, project)
-    except AuditError as exc:
-        raise _fail(f"{exc}; the action was not recorded") from None
 
 
 @project_app.command("create")
@@ -97,91 +73,6 @@ def project_list() -> None:
             p.id, p.title, p.profile, ", ".join(p.options), p.state, f"{p.created_at:%Y-%m-%d}"
         )
     console.print(table)
-
-
-@token_app.command("create")
-def token_create(
-    project: Annotated[str, typer.Option(help="The project the token opens.")],
-    role: Annotated[Role, typer.Option(help="What the holder may do in the project.")],
-    label: Annotated[str, typer.Option(help="Whose or what it is, e.g. 'Dr Martin'.")] = "",
-    expires_days: Annotated[
-        int | None, typer.Option(help="Days until it stops working (default: never).", min=1)
-    ] = None,
-) -> None:
-    """Issue a bearer token for one project and role. The secret is shown only this once."""
-    settings = _settings()
-    expires_in = dt.timedelta(days=expires_days) if expires_days else None
-    try:
-        engine = index_engine(settings.index_url)
-        token, secret = issue_token(engine, project, role, label=label, expires_in=expires_in)
-    except TokenError as exc:
-        raise _fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=True, project_id=project, token_id=token.id, role=token.role,
-        agent=_operator(), outcome=audit_events.SUCCESS,
-    )  # fmt: skip
-    try:
-        _audit(settings, event, project)
-    except typer.Exit:
-        revoke_token(engine, project, token.id)  # no unrecorded token may work
-        raise
-    base = (settings.public_url or "http://127.0.0.1:8080").rstrip("/")
-    expiry = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "no expiry"
-    console.print(
-        f"Token [bold]{token.id}[/bold] for project {project}, role {token.role}, {expiry}."
-    )
-    console.print("Secret (give it to its holder over a safe channel):")
-    console.print(f"  {secret}", soft_wrap=True, highlight=False, markup=False)
-    console.print("Use it (the DICOMweb routes arrive with the research store):", highlight=False)
-    url = f"{base}/projects/{project}/dicom-web/studies"
-    console.print(
-        "  export DEPOT_TOKEN=<the secret above>\n"
-        f'  curl -H "Authorization: Bearer $DEPOT_TOKEN" {url}',
-        soft_wrap=True, highlight=False, markup=False,
-    )  # fmt: skip
-    console.print(
-        "[yellow]It will not be shown again[/yellow]: only its hash is stored. "
-        f"Lost? Revoke it (`depot token revoke --project {project} {token.id}`) and create another."
-    )
-
-
-@token_app.command("list")
-def token_list(
-    project: Annotated[str, typer.Option(help="The project whose tokens to list.")],
-) -> None:
-    """List a project's tokens (never their secrets: only hashes are stored)."""
-    settings = _settings()
-    try:
-        get_project(settings, project)
-    except ProjectError as exc:
-        raise _fail(str(exc)) from None
-    table = Table("ID", "Role", "Label", "Created", "Expires", "Revoked")
-    for t in list_tokens(index_engine(settings.index_url), project):
-        table.add_row(
-            t.id, t.role, t.label, f"{t.created_at:%Y-%m-%d %H:%M}",
-            f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
-            f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
-        )  # fmt: skip
-    console.print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The ID `list` shows.")],
-    project: Annotated[str, typer.Option(help="The project the token belongs to.")],
-) -> None:
-    """Revoke a token: it stops working at once, everywhere."""
-    settings = _settings()
-    try:
-        token = revoke_token(index_engine(settings.index_url), project, token_id)
-    except TokenError as exc:
-        raise _fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=False, project_id=project, token_id=token.id, role=token.role,
-        agent=_operator(), outcome=audit_events.SUCCESS,
-    )  # fmt: skip
-    _audit(settings, event, project)
-    console.print(f"Token {token.id} revoked ({token.revoked_at:%Y-%m-%d %H:%M} UTC).")
 
 
 @app.command()
@@ -590,6 +481,40 @@ def retention_run(
     console.print(f"{len(items)} project(s) {'due' if dry_run else 'processed'}.")
     if any(item.error for item in items):
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    every_minutes: Annotated[
+        float, typer.Option(help="Minutes between two runs.", min=0.01)
+    ] = 60.0,
+    once: Annotated[bool, typer.Option(help="Run once and exit (for cron or systemd).")] = False,
+) -> None:
+    """The scheduled jobs: purge projects past their retention end (as `depot retention run`).
+
+    Run one worker per site (two would each record the same purges). Stops on Ctrl-C; a purge
+    interrupted by a stop is finished by the next run. Exit status 1 if `--once` had a failure.
+    """
+    import time
+
+    from app.retention import run_retention
+
+    while True:
+        day = dt.date.today()
+        items = run_retention(_settings(), day, agent=_operator())
+        failed = [item for item in items if item.error]
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        console.print(
+            f"{stamp} UTC retention: {len(items) - len(failed)} purged, {len(failed)} failed."
+        )
+        for item in failed:
+            err.print(f"Project {item.project_id}: {item.error} (retried next run)")
+        if once:
+            raise typer.Exit(1 if failed else 0)
+        try:
+            time.sleep(every_minutes * 60)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
 
 
 def main() -> None:

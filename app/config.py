@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     s3_region: str = ""
     public_url: str = ""
     trusted_proxies: str = "127.0.0.1,::1"  # whose Forwarded / X-Forwarded-* headers count
+    # Tokens (docs/security.md): the embedded issuer signs `depot token create` and grants.
+    token_issuer: str = ""  # the `iss` of our tokens; default: DEPOT_PUBLIC_URL or a URN
+    token_audience: str = "imaging-depot"
+    token_max_days: int = 365  # the longest `depot token create --expires-in`
+    grant_max_hours: int = 168  # a compute grant never outlives this (nor its project's end)
+    # OIDC: the hospital's identity provider, trusted beside the embedded issuer when set.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks_url: str = ""
+    oidc_roles_claim: str = "depot_roles"  # ["site_admin", "<project>:<role>", …]
+    oidc_leeway_seconds: int = 60  # clock skew tolerated on exp / nbf / iat
 
     @cached_property
     def resolved_data_dir(self) -> Path:
@@ -50,6 +61,10 @@ class Settings(BaseSettings):
     def blob_store_url(self) -> str:
         """Blobs under the data dir by default; `s3://bucket[/prefix]` with DEPOT_S3_*."""
         return self.blob_url or (self.resolved_data_dir / "blobs").as_uri()
+
+    @property
+    def local_issuer(self) -> str:
+        return self.token_issuer or self.public_url.rstrip("/") or "urn:imaging-depot:local"
 
     @property
     def vault_key_file(self) -> Path:

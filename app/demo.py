@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pydicom
 
-from app.auth.tokens import Role, issue_token, verify_token
+from app.auth.credentials import issue_token, verify_token
+from app.auth.roles import Role
 from app.config import Settings
 from app.ingest import IngestReport, Stores, ingest_files
 from app.projects import ProjectError, create_project, get_project
 from app.store import index_repo
-from app.store.index import index_engine
 
 DEMO_PROJECT = "demo"
 DEMO_TOKEN_FILE = "demo-researcher.token"
@@ -62,13 +62,12 @@ def demo_token(settings: Settings) -> str:
     Only for the demo: real tokens are shown once and stored nowhere but as a hash.
     """
     path = settings.resolved_data_dir / DEMO_TOKEN_FILE
-    index = index_engine(settings.index_url)
     if path.is_file():
         kept = path.read_text().strip()
-        principal = verify_token(index, kept)
-        if principal is not None and principal.project_id == DEMO_PROJECT:
+        principal = verify_token(settings, kept)
+        if principal is not None and principal.role_in(DEMO_PROJECT) is Role.researcher:
             return kept
-    _token, secret = issue_token(index, DEMO_PROJECT, Role.researcher, label="demo (make serve)")
+    _token, secret = issue_token(settings, DEMO_PROJECT, Role.researcher, label="demo (make serve)")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secret + "\n")

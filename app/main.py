@@ -11,8 +11,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import __version__
+from app.admin.grants_router import grants_router
+from app.admin.projects_router import projects_router
 from app.audit.fhir_router import audit_router
 from app.audit.http import AuditMiddleware
+from app.auth.credentials import Credentials
+from app.auth.grants import count_active_grants
 from app.config import Settings, get_settings
 from app.dicomweb.delete import delete_router
 from app.dicomweb.ingest_stow import stow_router
@@ -22,14 +26,15 @@ from app.dicomweb.research_stow import research_stow_router
 from app.dicomweb.wado import wado_router
 from app.security_headers import SecurityHeadersMiddleware
 from app.store.index import index_engine
-from app.telemetry import TelemetryMiddleware, setup_telemetry
+from app.telemetry import TelemetryMiddleware, setup_telemetry, watch_active_grants
 from app.vault import Vault
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="imaging-depot", version=__version__)
-    app.state.index_url = settings.index_url  # where app.auth.http verifies bearer tokens
+    app.state.index_url = settings.index_url
+    app.state.credentials = Credentials(settings)  # app.auth.http verifies bearer tokens here
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
     app.include_router(stow_router(settings, vault))
@@ -38,8 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(research_stow_router(settings, vault))
     app.include_router(delete_router(settings, vault))
     app.include_router(audit_router(settings))
+    app.include_router(projects_router(settings))
+    app.include_router(grants_router())
     app.add_middleware(AuditMiddleware, index_url=settings.index_url)  # one event per request
     setup_telemetry(settings)  # OTEL_* variables; no exporter set: the API's no-ops
+    watch_active_grants(lambda: count_active_grants(app.state.credentials.engine))
     app.add_middleware(TelemetryMiddleware)  # spans see the audit's 503 too
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, 503s and 401s included
 
@@ -47,6 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict:
         """The process is up."""
         return {"status": "ok", "version": __version__}
+
+    @app.get("/.well-known/jwks.json", tags=["auth"])
+    def jwks() -> JSONResponse:
+        """The embedded issuer's public keys, for whoever checks our tokens' signatures."""
+        return JSONResponse(
+            app.state.credentials.jwks(),
+            headers={"Cache-Control": "public, max-age=300"},
+            media_type="application/jwk-set+json",
+        )
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:

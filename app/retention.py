@@ -46,9 +46,11 @@ from app.projects import ProjectError
 from app.store.index import index_engine
 from app.store.layout import project_prefix
 from app.store.models import (
+    AccessGrant,
     AuditEvent,
     Instance,
     Project,
+    ProjectMember,
     PurgeRecord,
     Series,
     Study,
@@ -298,11 +300,14 @@ def _mark(settings: Settings, project_id: str) -> None:
         ).rowcount
         if not marked:
             raise RetentionError(f"project {project_id} changed meanwhile; run the purge again")
-        tokens = conn.execute(delete(Token.__table__).where(Token.project_id == project_id))
+        access = sum(  # tokens, compute grants, members: the purge record counts them as tokens
+            conn.execute(delete(m.__table__).where(m.project_id == project_id)).rowcount
+            for m in (Token, AccessGrant, ProjectMember)
+        )
         conn.execute(
             _RECORD.insert().values(
                 project_id=project_id, started_at=utc_now(), blobs=0, studies=0, series=0,
-                instances=0, tokens=tokens.rowcount, linkages=0,
+                instances=0, tokens=access, linkages=0,
             )
         )  # fmt: skip
 
@@ -445,5 +450,6 @@ def count_rows(engine: Engine, project_id: str) -> dict[str, int]:
             ).scalar_one()
             for name, m in (
                 ("studies", Study), ("series", Series), ("instances", Instance), ("tokens", Token),
+                ("grants", AccessGrant), ("members", ProjectMember),
             )
         }  # fmt: skip

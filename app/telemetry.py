@@ -56,6 +56,7 @@ class Telemetry:
     ingest_instances: metrics.Counter
     ingest_bytes: metrics.Counter
     wado_bytes: metrics.Counter
+    active_grants: metrics.ObservableGauge
 
     @classmethod
     def from_providers(
@@ -79,7 +80,30 @@ class Telemetry:
             wado_bytes=meter.create_counter(
                 "depot.wado.bytes", "By", "Bytes of instance bodies served by WADO"
             ),
-        )
+            active_grants=meter.create_observable_gauge(
+                "depot.grants.active", [_observe_active_grants], "{grant}",
+                "Compute grants neither expired nor revoked",
+            ),
+        )  # fmt: skip
+
+
+_count_active_grants: Callable[[], int] | None = None
+
+
+def watch_active_grants(count: Callable[[], int]) -> None:
+    """Where the `depot.grants.active` gauge reads its value (the app's index)."""
+    global _count_active_grants
+    _count_active_grants = count
+
+
+def _observe_active_grants(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
+    if _count_active_grants is None:
+        return []
+    try:
+        return [metrics.Observation(_count_active_grants())]
+    except Exception as error:  # noqa: BLE001  (a metric reads; it never breaks the export)
+        log.warning("active grants could not be counted (%s)", type(error).__name__)
+        return []
 
 
 _NOOP = Telemetry.from_providers(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider())

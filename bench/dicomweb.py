@@ -283,20 +283,17 @@ def depot_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
 
 def prepare_ours(data_dir: Path, database_url: str | None) -> dict[str, str]:
     """Create the project and a token per role, in-process (setup, not timed)."""
-    from app.auth.tokens import Role, issue_token
+    from app.auth.credentials import issue_token
+    from app.auth.roles import Role
     from app.config import Settings
     from app.projects import create_project
-    from app.store.index import index_engine
 
     settings = Settings(data_dir=data_dir, database_url=database_url or "")
     create_project(settings, PROJECT, "Benchmark")
-    index = index_engine(settings.index_url)
-    tokens = {
-        "manager": issue_token(index, PROJECT, Role.data_manager)[1],
-        "researcher": issue_token(index, PROJECT, Role.researcher)[1],
+    return {
+        "manager": issue_token(settings, PROJECT, Role.data_manager)[1],
+        "researcher": issue_token(settings, PROJECT, Role.researcher)[1],
     }
-    index.dispose()
-    return tokens
 
 
 def start_ours(

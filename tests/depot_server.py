@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth.tokens import Role, issue_token
+from app.auth.credentials import issue_token
+from app.auth.roles import Role
 from app.config import Settings
 from app.projects import create_project
 from app.store.index import index_engine
@@ -69,8 +70,8 @@ def _serve(settings: Settings, tmp_path: Path) -> Iterator[DepotServer]:
     create_project(settings, "alpha", "Alpha")
     index = index_engine(settings.index_url)
     tokens = {
-        "researcher": issue_token(index, "alpha", Role.researcher)[1],
-        "manager": issue_token(index, "alpha", Role.data_manager)[1],
+        "researcher": issue_token(settings, "alpha", Role.researcher)[1],
+        "manager": issue_token(settings, "alpha", Role.data_manager)[1],
     }
     (port,) = free_ports(1)
     log = tmp_path / "depot-serve.log"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth.tokens import Role, issue_token
+from app.auth.credentials import issue_token
+from app.auth.roles import Role
 from app.config import Settings
 from app.ingest import IngestReport, Stores, ingest_files
 from app.main import create_app
@@ -76,9 +77,9 @@ def research(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Ite
     create_project(settings, "beta", "Beta")
     index = index_engine(settings.index_url)
     tokens = {
-        "researcher": issue_token(index, "alpha", Role.researcher)[1],
-        "manager": issue_token(index, "alpha", Role.data_manager)[1],
-        "other": issue_token(index, "beta", Role.researcher)[1],
+        "researcher": issue_token(settings, "alpha", Role.researcher)[1],
+        "manager": issue_token(settings, "alpha", Role.data_manager)[1],
+        "other": issue_token(settings, "beta", Role.researcher)[1],
     }
     stores = Stores.from_settings(settings)
     # The client is a loopback peer, as a reverse proxy on the same host would be: its

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from app.auth.tokens import revoke_token, verify_token
+from app.auth.credentials import verify_token
+from app.auth.roles import Role
+from app.auth.tokens import revoke_token
 from app.demo import (
     DEMO_PROJECT,
     DEMO_TOKEN_FILE,
@@ -47,15 +49,15 @@ def test_the_demo_researcher_token_is_kept_private_and_reissued_when_revoked(set
     ensure_demo(settings)
     index = index_engine(settings.index_url)
     token = demo_token(settings)
-    principal = verify_token(index, token)
+    principal = verify_token(settings, token)
     assert principal is not None
-    assert (principal.project_id, principal.role) == (DEMO_PROJECT, "researcher")
+    assert principal.memberships == {(DEMO_PROJECT, Role.researcher)}
     path = settings.resolved_data_dir / DEMO_TOKEN_FILE
     assert path.stat().st_mode & 0o777 == 0o600
     assert demo_token(settings) == token  # every start prints the same one
-    revoke_token(index, DEMO_PROJECT, principal.token_id)
+    revoke_token(index, DEMO_PROJECT, principal.subject)
     fresh = demo_token(settings)
-    assert fresh != token and verify_token(index, fresh) is not None
+    assert fresh != token and verify_token(settings, fresh) is not None
 
 
 def test_depot_serve_demo_prints_a_token_and_examples_that_work(tmp_path, monkeypatch):
@@ -81,7 +83,7 @@ def test_depot_serve_demo_prints_a_token_and_examples_that_work(tmp_path, monkey
             assert process.poll() is None, log.read_text()
             time.sleep(0.2)
             printed = log.read_text()
-        token = re.search(r"export TOKEN=(depot_\S+)", printed).group(1)
+        token = re.search(r"export TOKEN=(\S+)", printed).group(1)
         curl = re.search(r"curl -H \"Authorization: Bearer \$TOKEN\" (\S+/studies)\n", printed)
         answer = httpx.get(curl.group(1), headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 200

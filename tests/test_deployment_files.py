@@ -41,6 +41,12 @@ def test_the_compose_deployment_is_postgresql_and_s3_with_a_separate_vault_datab
     assert {index_host, vault_host, "minio"} <= set(services)
 
 
+def test_the_scheduled_worker_runs_with_the_servers_settings():
+    services = _compose()["services"]
+    assert services["worker"]["command"] == ["depot", "worker"]
+    assert services["worker"]["environment"] == services["depot"]["environment"]
+
+
 def test_every_compose_secret_is_in_the_example_env_file():
     text = (ROOT / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))

@@ -21,10 +21,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian
 
-from app.auth.tokens import Role, issue_token
+from app.auth.credentials import issue_token
+from app.auth.roles import Role
 from app.ingest import Cause, Outcome, Stores, ingest_files
 from app.projects import create_project, get_project
-from app.store.index import index_engine
 from tests.samples import TRUNCATED, readable_instances
 
 pytest_plugins = ["tests.blobstores", "tests.depot_server"]
@@ -118,10 +118,9 @@ def test_every_sample_is_found_retrieved_and_described_through_dicomweb_client(
     sources = [p for p in readable_instances() if p.name not in TRUNCATED]
     placed = ingest_in_rounds(server.settings, sources)
     assert sum(len(stored) for stored in placed.values()) == len(sources)
-    index = index_engine(server.settings.index_url)
     mismatches = []
     for project_id, stored in placed.items():
-        token = issue_token(index, project_id, Role.researcher)[1]
+        token = issue_token(server.settings, project_id, Role.researcher)[1]
         client = DICOMwebClient(
             f"{server.url}/projects/{project_id}/dicom-web",
             headers={"Authorization": f"Bearer {token}"},

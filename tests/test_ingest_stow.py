@@ -8,7 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 
-from app.auth.tokens import Role, issue_token
+from app.auth.credentials import issue_token
+from app.auth.roles import Role
 from app.dicom.multipart import new_boundary
 from app.dicomweb import stow
 from app.main import create_app
@@ -29,9 +30,9 @@ def server(settings):
     create_project(settings, "alpha", "Alpha")
     create_project(settings, "beta", "Beta")
     index = index_engine(settings.index_url)
-    _, manager = issue_token(index, "alpha", Role.data_manager)
-    _, researcher = issue_token(index, "alpha", Role.researcher)
-    _, other = issue_token(index, "beta", Role.data_manager)
+    _, manager = issue_token(settings, "alpha", Role.data_manager)
+    _, researcher = issue_token(settings, "alpha", Role.researcher)
+    _, other = issue_token(settings, "beta", Role.data_manager)
     client = TestClient(create_app(settings))
     return client, index, {"manager": manager, "researcher": researcher, "other": other}
 

@@ -11,7 +11,7 @@ import datetime as dt
 from typer.testing import CliRunner
 
 from app.audit.log import Query, export, verify
-from app.auth.tokens import verify_token
+from app.auth.credentials import verify_token
 from app.cli import app as cli_app
 from app.dicom.multipart import new_boundary
 from app.retention import purge_project, set_retention
@@ -75,7 +75,7 @@ def test_ingest_read_reidentify_purge_is_the_story_the_audit_trail_tells(researc
     assert index_repo.list_instances(research.stores.index, "alpha") == []
     assert index_repo.list_studies(research.stores.index, "alpha") == []
     assert list(research.stores.blobs.list("projects/alpha")) == []
-    assert verify_token(research.stores.index, research.tokens["researcher"]) is None
+    assert verify_token(research.settings, research.tokens["researcher"]) is None
     after = CliRunner().invoke(
         cli_app, ["vault", "reidentify", study.patient_id, "--project", "alpha"]
     )

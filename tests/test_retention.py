@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from app import retention
 from app.audit.log import Query, export, verify
-from app.auth.tokens import Role, issue_token, verify_token
+from app.auth.credentials import issue_token, verify_token
+from app.auth.roles import Role
 from app.cli import app as cli_app
 from app.ingest import ingest_files
 from app.projects import create_project, get_project
@@ -87,7 +88,14 @@ def test_an_expired_project_is_purged_and_nothing_else(research, tmp_path):
 
     assert item.project_id == "alpha" and item.error == "" and not item.result.resumed
     assert _blobs(research, "alpha") == []
-    assert count_rows(index, "alpha") == {"studies": 0, "series": 0, "instances": 0, "tokens": 0}
+    assert count_rows(index, "alpha") == {
+        "studies": 0,
+        "series": 0,
+        "instances": 0,
+        "tokens": 0,
+        "grants": 0,
+        "members": 0,
+    }
     assert get_project(settings, "alpha").state == "purged"
     vault = research.stores.vault
     assert not vault.has_project("alpha")
@@ -95,12 +103,12 @@ def test_an_expired_project_is_purged_and_nothing_else(research, tmp_path):
         vault.project_key("alpha")
     with pytest.raises(LinkageNotFound, match="purged: its pseudonyms can no longer be linked"):
         vault.reidentify("alpha", pseudonym, actor="dpo")
-    assert verify_token(index, research.tokens["manager"]) is None
+    assert verify_token(research.settings, research.tokens["manager"]) is None
     assert research.get("/projects/alpha/dicom-web/studies").status_code == 401
     # Beta is untouched: blobs, rows, key, token.
     assert _blobs(research, "beta") == beta_blobs and beta_rows["instances"] == 2
     assert count_rows(index, "beta") == beta_rows
-    assert vault.has_project("beta") and verify_token(index, research.tokens["other"])
+    assert vault.has_project("beta") and verify_token(research.settings, research.tokens["other"])
     assert research.get("/projects/beta/dicom-web/studies", who="other").status_code == 200
 
     record = purge_record(settings, "alpha")
@@ -132,7 +140,14 @@ def test_a_purge_interrupted_after_the_blobs_is_finished_by_the_next_run(researc
     [item] = run_retention(settings, TODAY)
 
     assert item.state == "purging" and item.result.resumed and item.error == ""
-    assert count_rows(index, "alpha") == {"studies": 0, "series": 0, "instances": 0, "tokens": 0}
+    assert count_rows(index, "alpha") == {
+        "studies": 0,
+        "series": 0,
+        "instances": 0,
+        "tokens": 0,
+        "grants": 0,
+        "members": 0,
+    }
     assert not research.stores.vault.has_project("alpha")
     record = purge_record(settings, "alpha")
     assert record.instances == 2 and record.blobs >= 2 and record.tokens == 2  # both runs
@@ -201,7 +216,7 @@ def test_closing_declares_the_end_and_retention_ends_on_its_last_day(settings):
 
 def test_the_purge_record_is_signed_with_a_key_derived_from_the_vault_master_key(settings):
     create_project(settings, "alpha", "Alpha")
-    issue_token(index_engine(settings.index_url), "alpha", Role.researcher)
+    issue_token(settings, "alpha", Role.researcher)
     set_retention(settings, "alpha", LONG_AGO)
     record = purge_project(settings, "alpha", TODAY).record
     stored = purge_record(settings, "alpha")
@@ -264,3 +279,16 @@ def test_cli_retention_hold_close_and_run(settings):
         e["outcomeDesc"] for e in export(index_engine(settings.index_url), Query(project_id="beta"))
     ]
     assert changes == ["retention: retention until 2020-01-01", "retention: legal hold on"]
+
+
+def test_the_worker_purges_what_is_due_and_nothing_else(settings):
+    for name in ("alpha", "beta"):
+        create_project(settings, name, name.title())
+    _cli("project", "retention", "alpha", "--declared-end", "2010-06-30")
+    _cli("project", "retention", "beta", "--declared-end", "2999-01-01")
+    ran = _cli("worker", "--once")
+    assert ran.exit_code == 0, ran.output
+    assert "retention: 1 purged, 0 failed" in ran.output
+    assert [get_project(settings, p).state for p in ("alpha", "beta")] == ["purged", "active"]
+    again = _cli("worker", "--once")
+    assert "retention: 0 purged, 0 failed" in again.output

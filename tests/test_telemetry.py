@@ -234,3 +234,15 @@ def test_exporters_come_from_otel_variables(monkeypatch):
         meter_provider.shutdown()
     with pytest.raises(ValueError, match="not installed"):
         telemetry._exporter("opentelemetry_traces_exporter", "no-such-exporter")
+
+
+def test_the_active_grants_gauge_counts_grants_neither_expired_nor_revoked(research, otel):
+    _spans, reader = otel
+    manager = research.headers("manager")
+    body = {"scopes": ["dicomweb-read"], "expires_in_hours": 1}
+    grants = [
+        research.client.post("/projects/alpha/access-grants", headers=manager, json=body).json()
+        for _ in range(3)
+    ]
+    research.client.delete(f"/projects/alpha/access-grants/{grants[0]['id']}", headers=manager)
+    assert [p.value for p in _points(reader)["depot.grants.active"]] == [2]

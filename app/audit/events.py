@@ -24,6 +24,8 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 TOKEN_SYSTEM = "urn:imaging-depot:token"
+GRANT_SYSTEM = "urn:imaging-depot:grant"  # a compute grant (its id, never its token)
+OIDC_SYSTEM = "urn:imaging-depot:oidc-subject"  # the identity provider's `sub`
 ROLE_SYSTEM = "urn:imaging-depot:role"
 OPERATOR_SYSTEM = "urn:imaging-depot:operator"  # the OS account running `depot …`
 PROJECT_SYSTEM = "urn:imaging-depot:project"
@@ -96,8 +98,8 @@ def uids_in(value: str) -> list[str]:
 class Agent:
     """Who: a token (id and role, never the secret) or the OS account running the CLI."""
 
-    kind: str  # "token", "operator", "anonymous"
-    identifier: str = ""  # token id / OS user; "" when unauthenticated
+    kind: str  # "token", "grant", "oidc", "operator", "anonymous"
+    identifier: str = ""  # token / grant id, IdP subject, OS user; "" when unauthenticated
     role: str = ""
     address: str = ""
     note: str = ""  # e.g. "token of project beta", "unverified token"
@@ -111,10 +113,9 @@ class Agent:
             "type": {"coding": [coding(PARTICIPATION, participation)]},
             "requestor": True,
         }
-        if self.kind == "token":
-            agent["who"] = {"identifier": {"system": TOKEN_SYSTEM, "value": self.identifier}}
-        elif self.kind == "operator":
-            agent["who"] = {"identifier": {"system": OPERATOR_SYSTEM, "value": self.identifier}}
+        system = _AGENT_SYSTEMS.get(self.kind)
+        if system is not None:
+            agent["who"] = {"identifier": {"system": system, "value": self.identifier}}
         else:
             agent["who"] = {"display": "unauthenticated"}
         if self.note:
@@ -126,6 +127,14 @@ class Agent:
             kind = "2" if re.match(r"^[0-9a-fA-F.:]+$", self.address) else "1"
             agent["network"] = {"address": self.address[:255], "type": kind}
         return agent
+
+
+_AGENT_SYSTEMS = {
+    "token": TOKEN_SYSTEM,
+    "grant": GRANT_SYSTEM,
+    "oidc": OIDC_SYSTEM,
+    "operator": OPERATOR_SYSTEM,
+}
 
 
 def operator_agent(user: str) -> Agent:
@@ -206,6 +215,9 @@ def _classify(route_name: str, method: str) -> tuple[dict, str, str]:
         return coding(DCM, "110106"), "R", "read"
     if route_name.startswith("delete_"):
         return coding(DCM, "110103"), "D", "delete"
+    if route_name.startswith(("grant_", "member_")) and method != "GET":
+        action = "D" if method == "DELETE" else ("C" if method == "POST" else "U")
+        return coding(DCM, "110113"), action, _METHOD_INTERACTION.get(method, "operation")
     action = _METHOD_ACTION.get(method, "E")
     return (
         coding(EVENT_TYPE, "rest", "RESTful Operation"),
@@ -235,8 +247,10 @@ def http_event(
     status: int,
     agent: Agent,
     crashed: bool = False,
+    extra_entities: Sequence[dict] = (),
 ) -> dict:
-    """The AuditEvent of one request to a `/projects/{p}/…` route."""
+    """The AuditEvent of one request to a `/projects/{p}/…` route; `extra_entities` are what
+    the route itself named (a grant it issued, a member it changed)."""
     type_, action, interaction = _classify(route_name, method)
     ingest = route_template is None or "/ingest/" in route_template
     template = route_template or "/projects/{project_id}/… (no such route)"
@@ -265,6 +279,7 @@ def http_event(
                 "detail": details,
             }
         )
+    entities.extend(extra_entities)
     description = "server error" if crashed else f"HTTP {status}"
     participation = "IRCP" if action in ("R", "E") else "AUT"
     return _event(
@@ -276,20 +291,34 @@ def http_event(
 # --- CLI and service events -------------------------------------------------------------------
 
 
-def token_event(
-    *, issued: bool, project_id: str, token_id: str, role: str, agent: Agent, outcome: str
-) -> dict:
-    """A token issued (action C) or revoked (action D): a change of security attributes."""
-    token = {
-        "what": {"identifier": {"system": TOKEN_SYSTEM, "value": token_id[:64]}},
+def security_entity(kind: str, identifier: str, details: Sequence[tuple[str, str]] = ()) -> dict:
+    """A token, grant or member (by public id, never a secret) as a Security Resource."""
+    return {
+        "what": {"identifier": {"system": _AGENT_SYSTEMS[kind], "value": identifier[:64]}},
         "type": coding(ENTITY_TYPE, "2", "System Object"),
         "role": coding(OBJECT_ROLE, "13", "Security Resource"),
-        "detail": [{"type": "role", "valueString": role}],
+        "detail": [{"type": name, "valueString": value[:200]} for name, value in details],
     }
+
+
+def token_event(
+    *,
+    issued: bool,
+    project_id: str | None,
+    token_id: str,
+    role: str,
+    agent: Agent,
+    outcome: str,
+    kind: str = "token",
+    details: Sequence[tuple[str, str]] = (),
+) -> dict:
+    """A token or grant issued (action C) or revoked (action D): a change of security
+    attributes."""
+    token = security_entity(kind, token_id, [("role", role), *details])
+    entities = [project_entity(project_id), token] if project_id else [token]
     return _event(
         coding(DCM, "110113"), [coding(DCM, "110137")], "C" if issued else "D", outcome,
-        "token issued" if issued else "token revoked", agent, "AUT",
-        [project_entity(project_id), token], "cli",
+        f"{kind} issued" if issued else f"{kind} revoked", agent, "AUT", entities, "cli",
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Recording HTTP requests: an ASGI middleware, one AuditEvent per `/projects/{p}/…` request.
+"""Recording HTTP requests: an ASGI middleware, one AuditEvent per `/projects[/{p}/…]` request.
 
 The event is written when the response starts, so its outcome comes from the status code,
 before any byte of the body leaves. Fail closed: if the audit log cannot record it, the client
@@ -15,11 +15,10 @@ import re
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
-from sqlalchemy import Engine
 
 from app.audit.events import PROJECT_ID, Agent, http_event
 from app.audit.log import AuditError, append
-from app.auth.tokens import verify_token
+from app.auth.roles import Kind, Role
 from app.store.index import index_engine
 
 log = logging.getLogger(__name__)
@@ -64,31 +63,38 @@ def _address(scope: dict) -> str:
     return peer
 
 
-def _agent(scope: dict, engine: Engine) -> Agent:
+def _agent(scope: dict) -> Agent:
     address = _address(scope)
     principal = (scope.get("state") or {}).get("principal")
-    presented = None
     if principal is None:  # refused (401, 403, 404): who was it, if anyone?
+        presented = None
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 presented = value
         match = _BEARER.match(presented or b"")
         if match:
-            principal = verify_token(engine, match.group(1).decode("latin-1"))
-            if principal is None:  # revoked, expired, forged: only the public id, if any
+            credentials = scope["app"].state.credentials
+            principal = credentials.authenticate(match.group(1).decode("latin-1"))
+            if principal is None:  # revoked, expired, forged: nothing it claims is believed
                 token_id = _TOKEN_ID.match(match.group(1))
-                if token_id:
-                    ident = token_id.group(1).decode()
-                    return Agent("token", ident, "", address, "unverified token")
+                ident = token_id.group(1).decode() if token_id else ""
+                return Agent("token", ident, "", address, "unverified token")
     if principal is not None:
+        project = _project(scope)
+        role = principal.role_in(project)
         note = ""
-        if principal.project_id != _project(scope):
-            note = f"token of project {principal.project_id}"
-        return Agent("token", principal.token_id, principal.role.value, address, note)
+        if role is None and principal.site_admin:
+            role = Role.site_admin
+        elif role is None and principal.projects:  # refused: another project's caller
+            what = "member of" if principal.kind is Kind.oidc else f"{principal.kind} of project"
+            note = f"{what} {', '.join(principal.projects[:5])}"
+        return Agent(
+            principal.kind.value, principal.subject, role.value if role else "", address, note
+        )
     return Agent("anonymous", address=address)
 
 
-def event_for(scope: dict, status: int, engine: Engine, crashed: bool = False) -> dict:
+def event_for(scope: dict, status: int, crashed: bool = False) -> dict:
     route = scope.get("route")
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     return http_event(
@@ -99,8 +105,9 @@ def event_for(scope: dict, status: int, engine: Engine, crashed: bool = False) -
         path_params=scope.get("path_params", {}),
         query=query,
         status=status,
-        agent=_agent(scope, engine),
+        agent=_agent(scope),
         crashed=crashed,
+        extra_entities=(scope.get("state") or {}).get("audit_entities", ()),
     )
 
 
@@ -114,7 +121,7 @@ class AuditMiddleware:
     async def _record(self, scope: dict, status: int, crashed: bool = False) -> bool:
         def write() -> None:
             engine = index_engine(self.index_url)
-            append(engine, event_for(scope, status, engine, crashed), _project(scope))
+            append(engine, event_for(scope, status, crashed), _project(scope))
 
         try:
             await anyio.to_thread.run_sync(write)
@@ -127,7 +134,8 @@ class AuditMiddleware:
         return True
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/projects/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path != "/projects" and not path.startswith("/projects/"):
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})  # shared with request.state: the principal lands here

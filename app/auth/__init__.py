@@ -1,4 +1,5 @@
-"""Access: bearer tokens bound to a project and a role, and the check every route makes.
+"""Access: who the caller is (JWTs of the embedded issuer or the hospital's IdP, compute
+grants, legacy static tokens), what each role may do, and the check every route makes.
 
-Domain modules (roles, tokens) never import FastAPI; `app.auth.http` is the only one that does.
+Domain modules never import FastAPI; `app.auth.http` is the only one that does.
 """

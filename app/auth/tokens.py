@@ -1,10 +1,15 @@
-"""Project-bound bearer tokens: issue, verify, revoke, list. Only hashes are stored.
+"""Tokens issued by `depot token create`: their rows, revocation, listing. Secrets are never
+stored.
 
-A token reads `depot_<id>_<secret>`: `<id>` is public (the primary key, so verifying is one
-lookup), `<secret>` is 32 random bytes from `secrets` in unpadded base64url, shown once at
-creation. The index keeps the SHA-256 of those 32 bytes and compares with
-`hmac.compare_digest`. Unknown, malformed, expired and revoked tokens all verify to None, with
-no reason given to the caller (the reason is nobody's business but the server's).
+A token is a JWT signed by the embedded issuer (app.auth.credentials signs it); its row, named
+by the JWT's `jti`, holds the project and role, the expiry and the revocation, so the row is
+the authority and a revocation takes effect at the next request. A site admin's token has no
+project.
+
+Legacy static tokens (issue 3) read `depot_<id>_<secret>`: `<id>` is the row's primary key,
+`<secret>` 32 random bytes whose SHA-256 the row keeps, compared with `hmac.compare_digest`.
+They are no longer issued and keep working until they expire or are revoked. Unknown,
+malformed, expired and revoked tokens all verify to None, with no reason given to the caller.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ __all__ = [
     "Role",
     "TokenError",
     "TokenNotFound",
-    "issue_token",
     "list_tokens",
+    "record_token",
     "revoke_token",
-    "verify_token",
+    "token_principal",
+    "verify_static_token",
 ]
 
 PREFIX = "depot"
@@ -74,23 +80,28 @@ def _role(role: Role | str) -> Role:
         ) from None
 
 
-def issue_token(
+def record_token(
     engine: Engine,
-    project_id: str,
+    project_id: str | None,
     role: Role | str,
     label: str = "",
     expires_in: dt.timedelta | None = None,
-) -> tuple[Token, str]:
-    """A new token for the project: its row (hash only) and the secret string, shown once."""
+) -> Token:
+    """The row of a new token (the caller signs the JWT naming it)."""
     role = _role(role)
+    if (project_id is None) != (role is Role.site_admin):
+        raise TokenError(
+            "a site_admin token is site-wide (no --project); every other role needs a project"
+        )
+    if role is Role.compute:
+        raise TokenError("compute access is given by a grant (`depot grant create`), not a token")
     if expires_in is not None and expires_in <= dt.timedelta(0):
         raise TokenError("a token's lifetime must be positive")
     if len(label) > 200:
         raise TokenError("a token label is at most 200 characters")
-    secret = secrets.token_bytes(SECRET_BYTES)
     created = utc_now()
     with _session(engine) as session:
-        if session.get(Project, project_id) is None:
+        if project_id is not None and session.get(Project, project_id) is None:
             raise TokenError(f"no project {project_id}; `depot project list` shows them")
         while True:  # 48-bit ids: a collision is rare, but never overwrite another token
             token_id = secrets.token_hex(_ID_LENGTH // 2)
@@ -100,15 +111,40 @@ def issue_token(
             id=token_id,
             project_id=project_id,
             role=role.value,
-            token_hash=_hash(secret),
             label=label,
             created_at=created,
             expires_at=created + expires_in if expires_in is not None else None,
         )
         session.add(token)
         session.commit()
-    encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
-    return token, f"{PREFIX}_{token_id}_{encoded}"
+    return _zoned(token)
+
+
+def _usable(token: Token | None) -> Principal | None:
+    """The principal of a token row that is neither revoked nor expired, else None."""
+    if token is None or token.revoked_at is not None:
+        return None
+    expires_at = as_utc(token.expires_at)
+    if expires_at is not None and expires_at <= utc_now():
+        return None
+    try:
+        role = Role(token.role)
+    except ValueError:  # a role this version does not know: grant nothing
+        return None
+    if (token.project_id is None) != (role is Role.site_admin):
+        return None
+    return Principal.bound(token.project_id or "", role, token.id)
+
+
+def token_principal(engine: Engine, token_id: str) -> Principal | None:
+    """The principal of a JWT's token row (its signature already checked), or None."""
+    if not isinstance(token_id, str) or len(token_id) != _ID_LENGTH:
+        return None
+    with _session(engine) as session:
+        token = session.get(Token, token_id)
+    if token is not None and token.token_hash:
+        return None  # a static token's id in a JWT: not how either was issued
+    return _usable(token)
 
 
 def _parse(presented: str) -> tuple[str, bytes] | None:
@@ -124,8 +160,8 @@ def _parse(presented: str) -> tuple[str, bytes] | None:
     return match.group(1), secret
 
 
-def verify_token(engine: Engine, presented: str) -> Principal | None:
-    """The principal behind a presented token, or None (unknown, malformed, expired, revoked)."""
+def verify_static_token(engine: Engine, presented: str) -> Principal | None:
+    """The principal behind a legacy static token, or None."""
     parsed = _parse(presented)
     if parsed is None:
         return None
@@ -133,20 +169,10 @@ def verify_token(engine: Engine, presented: str) -> Principal | None:
     with _session(engine) as session:
         token = session.get(Token, token_id)
     # Compare even for an unknown id, so timing does not tell which ids exist.
-    matches = hmac.compare_digest(_hash(secret), token.token_hash if token else _DUMMY_HASH)
-    if token is None or not matches:
+    stored = token.token_hash if token is not None and token.token_hash else _DUMMY_HASH
+    if not hmac.compare_digest(_hash(secret), stored) or token is None or not token.token_hash:
         return None
-    now = utc_now()
-    if token.revoked_at is not None:
-        return None
-    expires_at = as_utc(token.expires_at)
-    if expires_at is not None and expires_at <= now:
-        return None
-    try:
-        role = Role(token.role)
-    except ValueError:  # a role this version does not know: grant nothing
-        return None
-    return Principal(project_id=token.project_id, role=role, token_id=token.id)
+    return _usable(token)
 
 
 def revoke_token(engine: Engine, project_id: str, token_id: str) -> Token:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -51,7 +51,7 @@ from fastapi.responses import Response
 from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
 
 from app.auth.http import require
-from app.auth.roles import Role
+from app.auth.roles import Role, Scope
 from app.config import Settings
 from app.dicomweb.public_base import public_base
 from app.dicomweb.urls import instance_url, series_url, study_url
@@ -75,7 +75,7 @@ _UNSUPPORTED = {
 _SEQUENCE_KEYS = {"00400275": "RequestAttributesSequence"}
 _ACCEPTED = ("application/dicom+json", "application/json", "application/*", "*/*")
 
-READER = require(Role.researcher, Role.data_manager)
+READER = require(Role.researcher, Role.data_manager, Role.compute, scope=Scope.dicomweb_read)
 
 
 # --- returned attributes ---------------------------------------------------------------------
@@ -475,7 +475,8 @@ def qido_router(settings: Settings) -> APIRouter:
             _path_uid("StudyInstanceUID", study),
             _path_uid("SeriesInstanceUID", series),
         )
-        page = store_search.search(index_engine(settings.index_url), project_id, parsed.query)
+        query = replace(parsed.query, within_studies=request.state.principal.studies)
+        page = store_search.search(index_engine(settings.index_url), project_id, query)
         return _response(page, public_base(request, settings.public_url), parsed, resource)
 
     def endpoint(resource: Resource) -> Callable[..., Response]:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from app.auth.http import require
-from app.auth.roles import Role
+from app.auth.roles import Role, Scope
 from app.config import Settings
 from app.dicomweb.wado_context import WadoContext, guarded
 from app.dicomweb.wado_instances import instance_routes
@@ -29,7 +29,7 @@ from app.dicomweb.wado_pixels import pixel_routes
 from app.dicomweb.wado_rendered import rendered_routes
 from app.dicomweb.wado_uri import uri_routes
 
-READER = require(Role.researcher, Role.data_manager)
+READER = require(Role.researcher, Role.data_manager, Role.compute, scope=Scope.dicomweb_read)
 
 _RESPONSES: dict[int | str, dict] = {
     304: {"description": "metadata not modified (If-None-Match)"},

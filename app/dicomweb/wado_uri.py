@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import QueryParams
 
+from app.auth.http import check_study
 from app.dicomweb.accept import DICOM, NotAcceptable, instance_syntax
 from app.dicomweb.rendered import (
     RENDERED_TYPES,
@@ -64,6 +65,7 @@ def uri_routes(ctx: WadoContext) -> list[Route]:
             raise bad_request("studyUID, seriesUID and objectUID are required")
         check_uids(*uids)
         study_uid, series_uid, sop_uid = (str(u) for u in uids)
+        check_study(request.state.principal, study_uid)  # a grant limited to some studies
         wanted = [
             t.split(";")[0].strip().lower()
             for t in query.get("contentType", "image/jpeg").split(",")

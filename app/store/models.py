@@ -21,8 +21,10 @@ Decisions (docs/architecture.md repeats them):
 - A series' precomputed metadata is up to date when `metadata_revision == revision`;
   `revision` goes up with every instance added or removed, so a metadata computation that
   raced with a new instance is recognisably stale (see app.store.series_metadata).
-- Access tokens (app.auth.tokens) live here too: each is bound to one project and one role,
-  and only the SHA-256 of its secret is stored; the public id is looked up, never scanned.
+- Access lives here too (app.auth): tokens (one project and one role, or site-wide for a
+  site admin; a legacy static token keeps only the SHA-256 of its secret, a JWT only its
+  id), project members (identity-provider subjects and their role), compute grants. Each is
+  looked up by its public id, never scanned.
 """
 
 from __future__ import annotations
@@ -190,15 +192,47 @@ class Token(SQLModel, table=True):
 
     __table_args__ = (Index("ix_token_project", "project_id", "created_at"),)
 
-    id: str = Field(primary_key=True, sa_type=String(32))  # public: the `<id>` of depot_<id>_…
-    project_id: str = Field(foreign_key="project.id", sa_type=String(64))
-    role: str = Field(sa_type=String(32))
-    token_hash: str = Field(sa_type=String(64))  # hex SHA-256 of the 32 secret bytes
+    id: str = Field(primary_key=True, sa_type=String(32))  # public: the JWT's jti, or depot_<id>_…
+    project_id: str | None = Field(default=None, foreign_key="project.id", sa_type=String(64))
+    role: str = Field(sa_type=String(32))  # site_admin tokens have no project
+    token_hash: str | None = Field(default=None, sa_type=String(64))  # legacy static tokens
     label: str = Field(default="", sa_type=String(200))
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     expires_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    revoked_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class ProjectMember(SQLModel, table=True):
+    """A person of the identity provider (its `sub`) and the one role they hold in a project."""
+
+    __tablename__ = "project_member"
+    __table_args__ = (Index("ix_project_member_subject", "subject"),)
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", sa_type=String(64))
+    subject: str = Field(primary_key=True, sa_type=String(255))
+    role: str = Field(sa_type=String(32))
+    added_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+
+
+class AccessGrant(SQLModel, table=True):
+    """A compute grant (rec. 3.4): scopes, optional studies, a hard expiry; its token is a JWT
+    whose `jti` is this id, so revoking the row stops the token at its next request."""
+
+    __tablename__ = "access_grant"
+    __table_args__ = (Index("ix_access_grant_project", "project_id", "created_at"),)
+
+    id: str = Field(primary_key=True, sa_type=String(32))
+    project_id: str = Field(foreign_key="project.id", sa_type=String(64))
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    studies: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    label: str = Field(default="", sa_type=String(200))
+    created_by: str = Field(default="", sa_type=String(255))  # the issuer's public subject
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    expires_at: dt.datetime = Field(sa_column=_timestamp())
     revoked_at: dt.datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
@@ -262,3 +296,31 @@ class PurgeRecord(SQLModel, table=True):
     audit_seq: int | None = Field(default=None, sa_type=BigInteger)  # the purge's AuditEvent
     audit_hash: str | None = Field(default=None, sa_type=String(64))  # the chain head then
     signature: str | None = Field(default=None, sa_type=String(64))  # hex HMAC-SHA256
+
+
+class SigningKey(SQLModel, table=True):
+    """A signing key of the embedded issuer (app.auth.issuer): ES256, the private part sealed
+    with the vault master key, the public JWK in clear for `/.well-known/jwks.json`. At most
+    one key per algorithm is active (`retired_at` null: the partial unique index below);
+    retired ones stay published for a while so tokens signed before a rotation still verify."""
+
+    __tablename__ = "signing_key"
+
+    kid: str = Field(primary_key=True, sa_type=String(64))  # RFC 7638 thumbprint
+    alg: str = Field(sa_type=String(16))
+    private_key_sealed: bytes  # PKCS#8 PEM sealed by app.vault.crypto (LargeBinary)
+    public_jwk: str = Field(sa_type=String)  # JSON: kty, crv, x, y, kid, alg, use
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    retired_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+# One active key per algorithm, so two processes starting at once cannot both create one.
+Index(
+    "uq_signing_key_active",
+    SigningKey.__table__.c.alg,
+    unique=True,
+    sqlite_where=SigningKey.__table__.c.retired_at.is_(None),
+    postgresql_where=SigningKey.__table__.c.retired_at.is_(None),
+)

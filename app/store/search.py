@@ -291,6 +291,7 @@ class Query:
     fuzzy: bool = False
     limit: int = 100
     offset: int = 0
+    within_studies: frozenset[str] | None = None  # a compute grant's studies: nothing else
 
     def __post_init__(self) -> None:
         for keyword in self.matches:
@@ -388,6 +389,8 @@ def _path_conditions(query: Query) -> Sequence[ColumnElement[bool]]:
         conditions.append(Study.study_uid == query.study_uid)
     if query.series_uid is not None:
         conditions.append(Series.series_uid == query.series_uid)
+    if query.within_studies is not None:
+        conditions.append(Study.study_uid.in_(sorted(query.within_studies)))
     return conditions
 
 

@@ -1,0 +1,1 @@
+"""The management API: projects and members (site admins), compute grants (data managers)."""
