@@ -55,6 +55,7 @@ bench: install
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/pseudonymize.py
 	$(PY) bench/dicomweb.py
+	$(PY) bench/encryption.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

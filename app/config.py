@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     s3_region: str = ""
     public_url: str = ""
     trusted_proxies: str = "127.0.0.1,::1"  # whose Forwarded / X-Forwarded-* headers count
+    encryption_at_rest: bool = True  # new blobs AES-256-GCM per project (docs/encryption.md)
     # Tokens (docs/security.md): the embedded issuer signs `depot token create` and grants.
     token_issuer: str = ""  # the `iss` of our tokens; default: DEPOT_PUBLIC_URL or a URN
     token_audience: str = "imaging-depot"

@@ -38,7 +38,8 @@ from app.pseudo.derived import NotAttached
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
 from app.pseudo.files import HeaderPolicy, UnreadableInput, pseudonymize_file
 from app.store import index_repo, layout
-from app.store.blobs import BlobStore, BlobStoreError, blob_store_from_settings
+from app.store.blobs import BlobStore, BlobStoreError
+from app.store.encryption import project_blob_store
 from app.store.facts import UnstorableInstance, read_facts
 from app.store.index import index_engine
 from app.store.models import Instance, Project
@@ -65,10 +66,11 @@ class Stores:
     @classmethod
     def from_settings(cls, settings: Settings, vault: Vault | None = None) -> Stores:
         """The stores of `settings`; `vault` shares an open one (the server's)."""
+        vault = vault or Vault.from_settings(settings)
         return cls(
             index=index_engine(settings.index_url),
-            blobs=blob_store_from_settings(settings),
-            vault=vault or Vault.from_settings(settings),
+            blobs=project_blob_store(settings, vault),  # sealed at rest (app.store.encryption)
+            vault=vault,
             scratch=settings.resolved_data_dir / "ingest-tmp",
         )
 

@@ -264,6 +264,9 @@ def purge_project(
     finally:
         if own_vault:
             vault.close()
+    from app.store.encryption import forget_data_key
+
+    forget_data_key(project_id)  # this process's caches too, not only within their TTL
     _add_counts(engine, project_id, linkages=linkages)
     record = _complete(settings, project_id, agent or _operator())
     return PurgeResult(project_id, record, resumed)
@@ -325,9 +328,9 @@ def _add(conn, project_id: str, counts: dict[str, int]) -> None:
 
 def _delete_blobs(settings: Settings, project_id: str) -> None:
     """Step 2: every blob under the project's prefix (S3 or files), and its scratch folder."""
-    from app.store.blobs import blob_store_from_settings  # loads the S3 client: only now
+    from app.store.encryption import project_blob_store  # loads the S3 client: only now
 
-    removed = blob_store_from_settings(settings).delete_prefix(project_prefix(project_id))
+    removed = project_blob_store(settings).delete_prefix(project_prefix(project_id))
     # app.ingest.Stores.from_settings: scratch under <data dir>/ingest-tmp/<project>
     shutil.rmtree(settings.resolved_data_dir / "ingest-tmp" / project_id, ignore_errors=True)
     _add_counts(_engine(settings), project_id, blobs=removed)

@@ -568,6 +568,7 @@ def test_the_sweep_removes_unindexed_blobs_only_once_they_are_old_enough(
     orphan = layout.instance_key("alpha", "2.25.1", "2.25.2", "2.25.3", "c" * 64)
     depot.blobs.put(orphan, [b"written, then the writer died"])
     other_project = "projects/beta/studies/2.25.1/series/2.25.2/instances/x.dcm"
+    create_project(depot.settings, "beta", "Beta")  # its blobs are sealed with its own key
     depot.blobs.put(other_project, [b"not alpha's"])
     young = sweep_orphans("alpha", depot.stores, timedelta(hours=1))
     assert young.orphan_blobs == 0 and depot.blobs.exists(orphan)  # may be a writer in flight

@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from app.dicom.multipart import new_boundary
 from app.store import index_repo
-from app.store.blobs import blob_store_from_settings
+from app.store.encryption import project_blob_store
 from app.store.index import index_engine
 
 pytest_plugins = ["tests.depot_server"]
@@ -89,7 +89,7 @@ def test_a_one_gigabyte_stow_is_stored_whole_without_holding_it_in_memory(depot_
     index = index_engine(depot_server.settings.index_url)
     (instance,) = index_repo.list_instances(index, "alpha")
     assert instance.number_of_frames == FRAMES
-    blobs = blob_store_from_settings(depot_server.settings)
+    blobs = project_blob_store(depot_server.settings)  # decrypts: at rest it is sealed
     head = dcmread(io.BytesIO(blobs.read_range(instance.blob_key, 0, instance.header_length)))
     assert head.PatientID != "IPP-LARGE-1"
     digest = hashlib.sha256()

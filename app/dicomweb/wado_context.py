@@ -40,7 +40,8 @@ from app.dicom.multipart import Part, content_type, new_boundary, write_parts
 from app.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
 from app.dicomweb.public_base import public_base
 from app.store import index_repo
-from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError, blob_store_from_settings
+from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
+from app.store.encryption import project_blob_store
 from app.store.index import index_engine
 from app.store.models import Instance, Series
 
@@ -136,7 +137,7 @@ class WadoContext:
     def blobs(self) -> BlobStore:
         with self._lock:
             if self._blobs is None:
-                self._blobs = blob_store_from_settings(self._settings)
+                self._blobs = project_blob_store(self._settings)  # its own vault, lazily
             return self._blobs
 
     def base_of(self, request: Request) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     DateTime,
+    ForeignKey,
     Integer,
     LargeBinary,
     MetaData,
@@ -35,6 +36,22 @@ project_keys = Table(
     "vault_project_keys",
     metadata,
     Column("project_id", String(PROJECT_ID_MAX), primary_key=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The per-project data key of encryption at rest (app.store.encryption), wrapped like the
+# project key. Apart from the project key so that neither can be derived from the other; the
+# foreign key makes PostgreSQL refuse a data key racing in after the project key was destroyed.
+data_keys = Table(
+    "vault_data_keys",
+    metadata,
+    Column(
+        "project_id",
+        String(PROJECT_ID_MAX),
+        ForeignKey("vault_project_keys.project_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("wrapped_key", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

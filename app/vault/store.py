@@ -1,4 +1,4 @@
-"""The Vault: project keys and linkage records in their own database, sealed under the master key.
+"""The Vault: project keys, blob data keys and linkage records in their own database, sealed.
 
 Every secret column is AES-256-GCM (see `crypto`) bound to its project, purpose and row.
 Re-identification is the only way back and leaves a record in the vault, found or not.
@@ -117,11 +117,16 @@ class Vault:
             return self._project_exists(conn, project_id)
 
     def destroy_project_key(self, project_id: str) -> int:
-        """Crypto-shredding: the key and every linkage go; the re-identification log stays.
+        """Crypto-shredding: the key, the blobs' data key and every linkage go; the
+        re-identification log stays. Without the data key, no surviving blob can be read.
 
         Returns how many linkage records were removed (app.retention counts them)."""
         _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
         with self._engine.begin() as conn:
+            # before the project key: its foreign key (PostgreSQL) would otherwise refuse
+            conn.execute(
+                delete(schema.data_keys).where(schema.data_keys.c.project_id == project_id)
+            )
             gone = conn.execute(
                 delete(schema.project_keys).where(schema.project_keys.c.project_id == project_id)
             ).rowcount
@@ -130,8 +135,55 @@ class Vault:
             linkages = conn.execute(
                 delete(schema.linkages).where(schema.linkages.c.project_id == project_id)
             ).rowcount
-        log.info("vault: destroyed key and linkage of project %s", project_id)
+        log.info("vault: destroyed key, data key and linkage of project %s", project_id)
         return linkages
+
+    # --- data keys (encryption at rest of blobs) ------------------------------------------
+
+    def data_key(self, project_id: str, *, create: bool = False) -> bytes:
+        """The project's 256-bit data key for its blobs (app.store.encryption).
+
+        With `create`, a missing one is made (random, stored wrapped like the project key) so
+        the first blob written brings it; only for a project that has its project key, so a
+        purged project never gets a new one. Two processes creating it together both end up
+        with the one that was inserted first. Raises ProjectKeyMissing when there is none.
+        """
+        _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
+        wrapped = self._wrapped_data_key(project_id)
+        if wrapped is None:
+            if not create:
+                raise ProjectKeyMissing(
+                    f"project {project_id!r} has no data key (never created, or destroyed "
+                    "by a purge)"
+                )
+            return self._create_data_key(project_id)
+        return self._sealer.open(wrapped, _aad_data_key(project_id))
+
+    def _create_data_key(self, project_id: str) -> bytes:
+        key = secrets.token_bytes(KEY_BYTES)
+        row = {
+            "project_id": project_id,
+            "wrapped_key": self._sealer.seal(key, _aad_data_key(project_id)),
+            "created_at": _now(),
+        }
+        try:
+            with self._engine.begin() as conn:
+                if not self._project_exists(conn, project_id):
+                    raise ProjectKeyMissing(
+                        f"project {project_id!r} has no key; create it before storing blobs"
+                    )
+                conn.execute(insert(schema.data_keys), row)
+        except IntegrityError:
+            # Another process inserted one first (theirs is the key), or the project key went
+            # meanwhile (the foreign key refused ours): read what is there.
+            return self.data_key(project_id)
+        log.info("vault: created data key for project %s", project_id)
+        return key
+
+    def _wrapped_data_key(self, project_id: str) -> bytes | None:
+        t = schema.data_keys
+        with self._engine.connect() as conn:
+            return conn.scalar(select(t.c.wrapped_key).where(t.c.project_id == project_id))
 
     # --- linkage ------------------------------------------------------------------------
 
@@ -312,6 +364,10 @@ class Vault:
 
 def _aad_project_key(project_id: str) -> bytes:
     return associated_data("project-key", project_id)
+
+
+def _aad_data_key(project_id: str) -> bytes:
+    return associated_data("data-key", project_id)
 
 
 def _aad_linkage(project_id: str, pseudonym: str) -> bytes:
