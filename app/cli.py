@@ -15,6 +15,7 @@ from rich.table import Table
 from app.audit import events as audit_events
 from app.audit.log import AuditError
 from app.cli_access import ACCESS_APPS
+from app.cli_catalog import catalog_app
 from app.cli_common import audit as _audit
 from app.cli_common import console, err
 from app.cli_common import fail as _fail
@@ -43,6 +44,7 @@ for name, sub_app in ACCESS_APPS.items():
     app.add_typer(sub_app, name=name)
 audit_app = typer.Typer(help="The audit trail: verify its hash chain, export it.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(catalog_app, name="catalog")
 
 
 @project_app.command("create")

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     s3_region: str = ""
     public_url: str = ""
     trusted_proxies: str = "127.0.0.1,::1"  # whose Forwarded / X-Forwarded-* headers count
+    # The site's catalogue (docs/catalog.md): true lets harvesters read it without a token.
+    catalog_public: bool = False
+    site_name: str = ""  # the catalogue's publisher, e.g. "CHU Example" (default: imaging-depot)
+    site_url: str = ""  # the publisher's web page
+    site_email: str = ""  # the publisher's contact address (one of site_url / site_email)
     encryption_at_rest: bool = True  # new blobs AES-256-GCM per project (docs/encryption.md)
     # Tokens (docs/security.md): the embedded issuer signs `depot token create` and grants.
     token_issuer: str = ""  # the `iss` of our tokens; default: DEPOT_PUBLIC_URL or a URN

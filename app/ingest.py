@@ -33,8 +33,9 @@ from app.config import Settings
 from app.dicom.json_model import BulkDataUri
 from app.dicomweb.urls import bulkdata_uri
 from app.projects import engine_for
+from app.provenance import record_derivation, record_ingest
 from app.pseudo.batch import BatchReport, Failure, iter_inputs
-from app.pseudo.derived import NotAttached
+from app.pseudo.derived import DerivedCleaner, NotAttached
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
 from app.pseudo.files import HeaderPolicy, UnreadableInput, pseudonymize_file
 from app.store import index_repo, layout
@@ -205,6 +206,7 @@ def ingest_files(
                 if on_file:
                     on_file(result)
         _refresh_metadata(stores, project.id, list(touched), report, on_series)
+        record_ingest(stores.index, project.id, engine, report.stored, "depot ingest")
     return report
 
 
@@ -257,6 +259,10 @@ def ingest_written(
                 touched[result.instance.series_uid] = None
         if refresh_metadata:
             _refresh_metadata(stores, project.id, list(touched), report, None)
+        if policy is None:  # the project's pseudonymization
+            record_ingest(stores.index, project.id, engine, report.stored, "ingest STOW-RS")
+        elif isinstance(policy, DerivedCleaner):  # derived objects: what they come from
+            record_derivation(stores.index, project.id, report.stored, policy.references)
     return results, report
 
 

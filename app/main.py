@@ -17,6 +17,7 @@ from app.audit.fhir_router import audit_router
 from app.audit.http import AuditMiddleware
 from app.auth.credentials import Credentials
 from app.auth.grants import count_active_grants
+from app.catalog.router import catalog_router
 from app.config import Settings, get_settings
 from app.dicomweb.delete import delete_router
 from app.dicomweb.ingest_stow import stow_router
@@ -24,6 +25,8 @@ from app.dicomweb.public_base import parse_trusted_proxies
 from app.dicomweb.qido import qido_router
 from app.dicomweb.research_stow import research_stow_router
 from app.dicomweb.wado import wado_router
+from app.fhir.common import install_error_handlers
+from app.fhir.router import fhir_router
 from app.security_headers import SecurityHeadersMiddleware
 from app.store.index import index_engine
 from app.telemetry import TelemetryMiddleware, setup_telemetry, watch_active_grants
@@ -43,8 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(research_stow_router(settings, vault))
     app.include_router(delete_router(settings, vault))
     app.include_router(audit_router(settings))
+    app.include_router(fhir_router(settings))
     app.include_router(projects_router(settings))
     app.include_router(grants_router())
+    app.include_router(catalog_router(settings))
+    install_error_handlers(app)  # OperationOutcome for every error on a FHIR path
     app.add_middleware(AuditMiddleware, index_url=settings.index_url)  # one event per request
     setup_telemetry(settings)  # OTEL_* variables; no exporter set: the API's no-ops
     watch_active_grants(lambda: count_active_grants(app.state.credentials.engine))

@@ -48,9 +48,11 @@ from app.store.layout import project_prefix
 from app.store.models import (
     AccessGrant,
     AuditEvent,
+    Dataset,
     Instance,
     Project,
     ProjectMember,
+    ProvenanceRecord,
     PurgeRecord,
     Series,
     Study,
@@ -337,7 +339,9 @@ def _delete_blobs(settings: Settings, project_id: str) -> None:
 
 
 def _delete_rows(engine: Engine, project_id: str) -> None:
-    """Step 3, one transaction: instances, series, studies (children first), late tokens.
+    """Step 3, one transaction: instances, series, studies (children first), late tokens,
+    provenance records and the catalogue's description (not counted: they describe the
+    studies counted).
 
     Done here rather than through app.store.index_repo's per-study deletes: one statement per
     table, filtered by the project, without recounting studies that are going anyway."""
@@ -345,11 +349,14 @@ def _delete_rows(engine: Engine, project_id: str) -> None:
         counts = {}
         for name, model in (
             ("instances", Instance), ("series", Series), ("studies", Study), ("tokens", Token),
+            ("provenance", ProvenanceRecord), ("dataset", Dataset),
         ):  # fmt: skip
             table = model.__table__
             counts[name] = conn.execute(
                 delete(table).where(table.c.project_id == project_id)
             ).rowcount
+        counts.pop("provenance")
+        counts.pop("dataset")
         _add(conn, project_id, counts)
 
 
@@ -454,5 +461,6 @@ def count_rows(engine: Engine, project_id: str) -> dict[str, int]:
             for name, m in (
                 ("studies", Study), ("series", Series), ("instances", Instance), ("tokens", Token),
                 ("grants", AccessGrant), ("members", ProjectMember),
+                ("provenance", ProvenanceRecord), ("dataset", Dataset),
             )
         }  # fmt: skip

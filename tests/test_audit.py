@@ -96,7 +96,7 @@ def _search_all(research, query: str) -> list[dict]:
         page = research.get(url, who=_auditor(research))
         assert page.status_code == 200, page.text
         bundle = page.json()
-        found += [e["resource"] for e in bundle["entry"]]
+        found += [e["resource"] for e in bundle.get("entry", [])]
         nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
         url = None
         if nxt:

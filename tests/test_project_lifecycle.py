@@ -14,10 +14,11 @@ from app.audit.log import Query, export, verify
 from app.auth.credentials import verify_token
 from app.cli import app as cli_app
 from app.dicom.multipart import new_boundary
-from app.retention import purge_project, set_retention
+from app.retention import count_rows, purge_project, set_retention
 from app.store import index_repo
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.samples import sample
+from tests.test_catalog import description
 
 pytest_plugins = ["tests.blobstores", "tests.research_server"]
 
@@ -58,6 +59,15 @@ def test_ingest_read_reidentify_purge_is_the_story_the_audit_trail_tells(researc
     assert reidentified.exit_code == 0, reidentified.output
     assert WHO.patient_id in reidentified.output  # the one way back, and it is recorded
 
+    manager = research.headers("manager")
+    described = research.client.put("/projects/alpha/dataset", headers=manager,
+                                    json=description("Alpha cohort"))  # fmt: skip
+    assert described.status_code == 200, described.text
+    assert (
+        research.client.post("/projects/alpha/dataset/publish", headers=manager).status_code == 200
+    )
+    assert research.get("/projects/alpha/fhir/Provenance").json()["total"] == 1
+
     set_retention(research.settings, "alpha", dt.date(2020, 1, 1), dt.date(2021, 1, 1))
     research.stores.vault.close()  # the purge opens its own; this one must not keep the key
     purge_project(research.settings, "alpha", dt.date(2026, 11, 28))
@@ -66,7 +76,7 @@ def test_ingest_read_reidentify_purge_is_the_story_the_audit_trail_tells(researc
     story = [
         _types(e) for e in events if _types(e) in (IMPORT, QUERY, EXPORT, PATIENT_RECORD, DELETED)
     ]
-    assert story == [IMPORT, QUERY, EXPORT, PATIENT_RECORD, DELETED]
+    assert story == [IMPORT, QUERY, EXPORT, PATIENT_RECORD, QUERY, DELETED]  # QUERY: Provenance
     assert verify(research.stores.index).intact
     serialized = repr(events).encode()
     assert leaked_tokens(serialized, WHO) == []
@@ -75,6 +85,7 @@ def test_ingest_read_reidentify_purge_is_the_story_the_audit_trail_tells(researc
     assert index_repo.list_instances(research.stores.index, "alpha") == []
     assert index_repo.list_studies(research.stores.index, "alpha") == []
     assert list(research.stores.blobs.list("projects/alpha")) == []
+    assert set(count_rows(research.stores.index, "alpha").values()) == {0}  # every table
     assert verify_token(research.settings, research.tokens["researcher"]) is None
     after = CliRunner().invoke(
         cli_app, ["vault", "reidentify", study.patient_id, "--project", "alpha"]

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom.multipart import new_boundary
+from app.fhir.conformance import problems
 from app.store import index_repo
 from tests.identities import Identity, write_injected
 from tests.samples import sample
@@ -196,3 +197,33 @@ def test_a_non_dicom_part_is_a_bad_request_that_stores_nothing(research, stored)
     assert response.status_code == 400
     assert _refusal(response) == 0xC000
     assert len(index_repo.list_instances(research.stores.index, "alpha")) == 1
+
+
+def test_a_derived_object_gets_a_provenance_pointing_to_its_source_series(research, stored):
+    derived = derived_from(stored)
+    by_instance = derived_from(stored)  # a second one that names its source by instance only
+    del by_instance.ReferencedSeriesSequence
+    source_item = Dataset()
+    source_item.ReferencedSOPClassUID = stored.SOPClassUID
+    source_item.ReferencedSOPInstanceUID = stored.SOPInstanceUID
+    by_instance.SourceImageSequence = [source_item]
+    assert post(research, [derived]).status_code == 200
+    assert post(research, [by_instance]).status_code == 200
+    bundle = research.get("/projects/alpha/fhir/Provenance").json()
+    derivations = [
+        e["resource"] for e in bundle["entry"]
+        if e["resource"]["activity"]["coding"][0]["code"] == "DERIVE"
+    ]  # fmt: skip
+    assert len(derivations) == 2
+    for provenance in derivations:
+        assert problems(provenance) == []
+        assert provenance["target"] == [{"reference": f"ImagingStudy/{stored.StudyInstanceUID}"}]
+        sources = [e["what"]["identifier"]["value"] for e in provenance["entity"]]
+        assert sources == [f"urn:oid:{stored.SeriesInstanceUID}"]
+        assert all(e["role"] == "source" for e in provenance["entity"])
+        assert WHO.email not in str(provenance)
+    alone = derived_from(stored)  # references nothing of the project: no provenance to tell
+    del alone.ReferencedSeriesSequence
+    assert post(research, [alone]).status_code == 200
+    again = research.get("/projects/alpha/fhir/Provenance").json()
+    assert len(again["entry"]) == len(bundle["entry"])

@@ -95,6 +95,8 @@ def test_an_expired_project_is_purged_and_nothing_else(research, tmp_path):
         "tokens": 0,
         "grants": 0,
         "members": 0,
+        "provenance": 0,
+        "dataset": 0,
     }
     assert get_project(settings, "alpha").state == "purged"
     vault = research.stores.vault
@@ -147,6 +149,8 @@ def test_a_purge_interrupted_after_the_blobs_is_finished_by_the_next_run(researc
         "tokens": 0,
         "grants": 0,
         "members": 0,
+        "provenance": 0,
+        "dataset": 0,
     }
     assert not research.stores.vault.has_project("alpha")
     record = purge_record(settings, "alpha")

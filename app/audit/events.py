@@ -209,9 +209,9 @@ def _classify(route_name: str, method: str) -> tuple[dict, str, str]:
     """(type, action, restful interaction) of a route."""
     if route_name.startswith(("stow_ingest", "stow_derived")):
         return coding(DCM, "110107"), "C", "create"
-    if route_name.startswith("qido_") or route_name == "audit_event_search":
+    if route_name.startswith(("qido_", "fhir_search_")) or route_name == "audit_event_search":
         return coding(DCM, "110112"), "E", "search-type"
-    if route_name.startswith("wado_"):
+    if route_name.startswith(("wado_", "fhir_read_")):
         return coding(DCM, "110106"), "R", "read"
     if route_name.startswith("delete_"):
         return coding(DCM, "110103"), "D", "delete"

@@ -6,15 +6,12 @@ re-identify, do not review their own trail). A FHIR searchset Bundle, oldest fir
 `date` (repeatable; `eq`, `ge`, `le`, `gt`, `lt` prefixes; a day or a full instant),
 `agent` (token id), `entity` (a UID, `urn:oid:` optional, or a pseudonym), `action`
 (C R U D E); each takes comma-separated alternatives. Anything else is a 400 with an
-OperationOutcome. Kept small: the FHIR package (issue 5) will take it over.
+OperationOutcome (app.fhir.common).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import operator
 import re
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,50 +22,36 @@ from app.auth.http import require
 from app.auth.roles import Role
 from app.config import Settings
 from app.dicomweb.public_base import public_base
+from app.fhir.common import (
+    DEFAULT_COUNT,
+    FHIR_JSON,
+    MAX_COUNT,
+    SearchError,
+    check_known,
+    entry,
+    fhir_response,
+    operation_outcome,
+    parse_date,
+    searchset,
+)
+from app.fhir.search import Param
 from app.store.index import index_engine
 
-FHIR_JSON = "application/fhir+json"
 AUDITOR = require(Role.auditor)
-DEFAULT_COUNT, MAX_COUNT = 50, 1000
-_DATE = re.compile(r"^(eq|ge|le|gt|lt)?(\d{4}-\d{2}-\d{2})(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$")
-_AGENT = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_AGENT = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 _ENTITY = re.compile(r"^[A-Za-z0-9.]{1,64}$")
 _ACTIONS = frozenset("CRUDE")
-_COMPARE = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 KNOWN = frozenset({"date", "agent", "entity", "action", "_count", "_cursor"})
-
-
-class SearchError(ValueError):
-    pass
-
-
-def _bounds(value: str) -> list:
-    match = _DATE.match(value)
-    if match is None:
-        raise SearchError("date: expected [eq|ge|le|gt|lt]YYYY-MM-DD[Thh:mm:ss[.f][Z|±hh:mm]]")
-    prefix, day, time_part = match.group(1) or "eq", match.group(2), match.group(3)
-    try:
-        if time_part:
-            instant = dt.datetime.fromisoformat(day + time_part.replace("Z", "+00:00"))
-            if instant.tzinfo is None:
-                raise SearchError("date: an instant needs its zone (Z or ±hh:mm)")
-            start = end = instant.astimezone(dt.UTC)
-            end_exclusive = False
-        else:
-            start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
-            end = start + dt.timedelta(days=1)
-            end_exclusive = True
-    except ValueError:
-        raise SearchError("date: not a valid date") from None
-    if prefix == "eq":
-        return [(operator.ge, start), (operator.lt if end_exclusive else operator.le, end)]
-    if prefix == "ge":
-        return [(operator.ge, start)]
-    if prefix == "lt":
-        return [(operator.lt, start)]
-    if prefix == "le":
-        return [(operator.lt if end_exclusive else operator.le, end)]
-    return [(operator.ge if end_exclusive else operator.gt, end)]  # gt
+_SP = "http://hl7.org/fhir/SearchParameter"
+AUDIT_PARAMS = (  # for the CapabilityStatement (app.fhir.router)
+    Param("date", "date", "When recorded; eq ge le gt lt, a day or an instant",
+          f"{_SP}/AuditEvent-date"),
+    Param("agent", "token", "The agent's public id (token, grant, IdP subject)",
+          f"{_SP}/AuditEvent-agent"),
+    Param("entity", "token", "A UID (urn:oid: optional) or a pseudonym",
+          f"{_SP}/AuditEvent-entity"),
+    Param("action", "token", "C, R, U, D or E", f"{_SP}/AuditEvent-action"),
+)  # fmt: skip
 
 
 def _alternatives(name: str, value: str, pattern: re.Pattern | None) -> list[str]:
@@ -82,12 +65,10 @@ def _alternatives(name: str, value: str, pattern: re.Pattern | None) -> list[str
 
 def parse_search(project_id: str, items: list[tuple[str, str]]) -> tuple[Query, int]:
     query, count = Query(project_id=project_id), DEFAULT_COUNT
+    check_known(items, KNOWN)
     for name, value in items:
-        if name not in KNOWN:
-            raise SearchError(f"unknown search parameter {name[:64]!r}; supported: "
-                              + ", ".join(sorted(KNOWN)))  # fmt: skip
         if name == "date":
-            query.bounds.extend(_bounds(value))
+            query.bounds.extend(parse_date(name, value).point_bounds())
         elif name == "agent":
             query.agents.extend(_alternatives(name, value, _AGENT))
         elif name == "entity":
@@ -108,14 +89,6 @@ def parse_search(project_id: str, items: list[tuple[str, str]]) -> tuple[Query, 
             else:
                 query.after_seq = int(value)
     return query, count
-
-
-def operation_outcome(status: int, message: str, code: str = "invalid") -> JSONResponse:
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": message}],
-    }
-    return JSONResponse(body, status, media_type=FHIR_JSON)
 
 
 def audit_router(settings: Settings) -> APIRouter:
@@ -142,24 +115,13 @@ def audit_router(settings: Settings) -> APIRouter:
         events, total, next_after = await run_in_threadpool(search, engine, query, count)
         base = f"{public_base(request, settings.public_url)}/projects/{project_id}/fhir"
         kept = [(k, v) for k, v in items if k != "_cursor"]
-        links = [{"relation": "self", "url": f"{base}/AuditEvent?{urlencode(items)}"}]
-        if next_after is not None:
-            next_query = urlencode([*kept, ("_cursor", str(next_after))])
-            links.append({"relation": "next", "url": f"{base}/AuditEvent?{next_query}"})
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": [
-                {
-                    "fullUrl": f"{base}/AuditEvent/{event['id']}",
-                    "resource": event,
-                    "search": {"mode": "match"},
-                }
-                for event in events
-            ],
-        }
-        return JSONResponse(bundle, media_type=FHIR_JSON)
+        bundle = searchset(
+            url=f"{base}/AuditEvent",
+            items=items,
+            entries=[entry(f"{base}/AuditEvent/{e['id']}", e) for e in events],
+            total=total,
+            next_items=None if next_after is None else [*kept, ("_cursor", str(next_after))],
+        )
+        return fhir_response(bundle)
 
     return router

@@ -34,6 +34,15 @@ class Failure:
             return ""
 
 
+def change_summary(instances: Iterable[InstanceResult]) -> list[tuple[str, str, int]]:
+    """(attribute path, action, number of instances), most frequent first; sequence item
+    indexes folded ("[3]" → "[]"), so the summary stays short."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for result in instances:
+        counts.update({(_ITEM_INDEX.sub("[]", p), a) for p, a in result.changes})
+    return [(p, a, n) for (p, a), n in counts.most_common()]
+
+
 @dataclass
 class BatchReport:
     engine: Deidentifier
@@ -48,10 +57,7 @@ class BatchReport:
 
     def summary(self) -> list[tuple[str, str, int]]:
         """(attribute path, action, number of instances), most frequent first."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for result in self.instances:
-            counts.update({(_ITEM_INDEX.sub("[]", p), a) for p, a in result.changes})
-        return [(p, a, n) for (p, a), n in counts.most_common()]
+        return change_summary(self.instances)
 
     def to_json(self) -> dict:
         profile = self.engine.profile

@@ -21,7 +21,7 @@ researchers' own and are kept. The markers say the object is pseudonymous and na
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -42,6 +42,18 @@ POLICY = "derived object: text cleaned, private removed"
 _USE_INGEST = "use the ingest boundary (/ingest/studies) for new or identifiable data"
 _UIDS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
 _NAMES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+_SERIES_UID, _REFERENCED_SOP = 0x0020000E, 0x00081155
+
+
+@dataclass
+class References:
+    """UIDs an object references inside its sequences (ReferencedSeriesSequence, Source Image
+    Sequence, SR evidence…): series directly, instances by ReferencedSOPInstanceUID."""
+
+    series: set[str] = field(default_factory=set)
+    instances: set[str] = field(default_factory=set)
 
 
 class NotAttached(DeidentificationError):
@@ -69,6 +81,9 @@ class DerivedCleaner:
         # No original identifiers are known on this side: the generic patterns only, and
         # dates in text are replaced rather than shifted (they may be real ones a person typed).
         self._cleaner = TextCleaner(PatientIdentifiers(), None)
+        # What each object references (series and instances, in sequences): its sources, for
+        # the derivation Provenance (app.provenance.record_derivation).
+        self.references: dict[str, References] = {}
 
     def keeps_private(self, group: int, creator: str, element: int) -> bool:
         return False  # readers skip every top-level private element unread
@@ -85,7 +100,9 @@ class DerivedCleaner:
         changes: list[tuple[str, str]] = []
         if skipped_private:
             changes.append(("(gggg,xxxx) private", "X"))
-        self._walk(ds, "", changes)
+        references = References()
+        self._walk(ds, "", changes, references)
+        self.references[sop_uid] = references
         changes.extend(self._mark(ds))
         return InstanceResult(
             study_uid=study_uid,
@@ -115,17 +132,22 @@ class DerivedCleaner:
             raise NotAttached(f"the object's patient is not its study's: {_USE_INGEST}")
         return patient_id
 
-    def _walk(self, ds: Dataset, path: str, changes: list[tuple[str, str]]) -> None:
+    def _walk(
+        self, ds: Dataset, path: str, changes: list[tuple[str, str]], references: References
+    ) -> None:
         for tag in sorted(ds._dict, key=int):  # pydicom's element store: see engine._walk
             number = int(tag)
             if number >> 16 & 1:
                 del ds[tag]
                 changes.append((f"{path}{describe_tag(number)}", "X"))
                 continue
+            if path and number in (_SERIES_UID, _REFERENCED_SOP):
+                found = references.series if number == _SERIES_UID else references.instances
+                found.update(v.strip() for v in _strings(ds, number) if v.strip())
             vr = _vr_of(ds.get_item(tag), number)
             if vr == "SQ":
                 for i, item in enumerate(ds[tag].value):
-                    self._walk(item, f"{path}{describe_tag(number)}[{i}].", changes)
+                    self._walk(item, f"{path}{describe_tag(number)}[{i}].", changes, references)
             elif vr in TEXT_VRS and clean_text_element(ds, tag, vr, self._cleaner):
                 changes.append((f"{path}{describe_tag(number)}", "C"))
 

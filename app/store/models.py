@@ -238,6 +238,30 @@ class AccessGrant(SQLModel, table=True):
     )
 
 
+class ProvenanceRecord(SQLModel, table=True):
+    """How studies came to be (app.provenance): one row per ingest batch or derived-object
+    upload, served as a FHIR Provenance. Pseudonymous UIDs, attribute names and counts only."""
+
+    __tablename__ = "provenance_record"
+    __table_args__ = (Index("ix_provenance_project", "project_id", "recorded_at"),)
+
+    id: str = Field(primary_key=True, sa_type=String(32))
+    project_id: str = Field(foreign_key="project.id", sa_type=String(64))
+    kind: str = Field(sa_type=String(32))  # pseudonymization, derivation
+    source: str = Field(sa_type=String(64))  # "depot ingest", "ingest STOW-RS", "research STOW-RS"
+    recorded_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    tool: str = Field(sa_type=String(64))
+    profile: str = Field(sa_type=String(64))
+    profile_version: str = Field(sa_type=String(32))
+    table_edition: str = Field(sa_type=String(16))
+    options: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    studies: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    instances: int = Field(default=0, sa_type=Integer)
+    summary: list[dict] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # derivation: the source series the derived objects reference ({"study", "series"})
+    sources: list[dict] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
 class AuditEvent(SQLModel, table=True):
     """One audit record (app.audit): a FHIR R4 AuditEvent, chained to the previous record.
 
@@ -324,3 +348,30 @@ Index(
     sqlite_where=SigningKey.__table__.c.retired_at.is_(None),
     postgresql_where=SigningKey.__table__.c.retired_at.is_(None),
 )
+
+
+class Dataset(SQLModel, table=True):
+    """A project's dataset description for the site's catalogue (app.catalog): one per project.
+
+    `description` is the working copy the data manager edits (validated JSON of
+    app.catalog.model); `published` is what the catalogue serves: that description and the
+    index statistics (small counts already suppressed), frozen when it was published, so a
+    harvester sees one stable version until the next publication and an unauthenticated
+    request never runs an aggregate query. `version` counts publications: it is the FHIR
+    Library's versionId and ETag, and `published_at` its lastUpdated and the catalogue's
+    `modified_since` key, hence the index on (status, published_at).
+    """
+
+    __tablename__ = "dataset"
+    __table_args__ = (Index("ix_dataset_status_published", "status", "published_at"),)
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", sa_type=String(64))
+    description: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="draft", sa_type=String(16))  # draft, published, withdrawn
+    version: int = Field(default=0, sa_type=Integer)  # publications so far
+    published: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    modified_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
+    published_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

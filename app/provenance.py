@@ -1,0 +1,155 @@
+"""Provenance records: which batch made which studies, with which pseudonymization, and
+which series derived objects come from.
+
+One row per ingest batch (`depot ingest` run, ingest STOW-RS request) that stored something:
+the profile, its version, the PS3.15 table edition and options, the tool, the pseudonymous
+study UIDs and the change summary (attribute paths, actions, counts; never a value). One row
+per research STOW-RS of derived objects (SEG, SR, PR…) that reference series of the project:
+those are its sources. The FHIR façade serves each as a Provenance (app.fhir.resources).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+from sqlmodel import Session, func, select
+
+from app import __version__
+from app.pseudo.batch import change_summary
+from app.pseudo.derived import POLICY as DERIVED_POLICY
+from app.pseudo.derived import References
+from app.pseudo.engine import Deidentifier, InstanceResult
+from app.pseudo.profile import TABLE_EDITION
+from app.store.models import Instance, ProvenanceRecord, Series, Study, as_utc
+
+PSEUDONYMIZATION = "pseudonymization"
+DERIVATION = "derivation"
+MAX_SUMMARY = 200  # rows of the change summary kept (most frequent first)
+
+
+def record_ingest(
+    engine: Engine,
+    project_id: str,
+    deidentifier: Deidentifier,
+    stored: Sequence[InstanceResult],
+    source: str,
+) -> ProvenanceRecord | None:
+    """Record the batch that stored `stored` (nothing when it stored nothing)."""
+    if not stored:
+        return None
+    profile = deidentifier.profile
+    summary = change_summary(stored)[:MAX_SUMMARY]
+    record = ProvenanceRecord(
+        id=secrets.token_hex(16),
+        project_id=project_id,
+        kind=PSEUDONYMIZATION,
+        source=source,
+        tool=f"imaging-depot {__version__}",
+        profile=profile.name,
+        profile_version=profile.version,
+        table_edition=TABLE_EDITION,
+        options=[option.code for option in profile.options],
+        studies=sorted({r.study_uid for r in stored}),
+        instances=len(stored),
+        summary=[{"attribute": p, "action": a, "instances": n} for p, a, n in summary],
+        sources=[],
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(record)
+        session.commit()
+    return record
+
+
+def record_derivation(
+    engine: Engine,
+    project_id: str,
+    stored: Sequence[InstanceResult],
+    references: dict[str, References],
+) -> ProvenanceRecord | None:
+    """Record derived objects and the project's series they reference (their sources);
+    nothing when none references a stored series (no source: nothing to tell)."""
+    if not stored:
+        return None
+    own = {r.series_uid for r in stored}
+    series_uids: set[str] = set()
+    sop_uids: set[str] = set()
+    for result in stored:
+        found = references.get(result.sop_uid)
+        if found is not None:
+            series_uids |= found.series
+            sop_uids |= found.instances
+    with Session(engine) as session:
+        sources: dict[str, str] = {}
+        if sop_uids:
+            query = select(Instance.series_uid, Instance.study_uid).where(
+                Instance.project_id == project_id, Instance.sop_uid.in_(sorted(sop_uids))
+            )
+            sources.update({series: study for series, study in session.exec(query)})
+        if series_uids:
+            query = select(Series.series_uid, Series.study_uid).where(
+                Series.project_id == project_id, Series.series_uid.in_(sorted(series_uids))
+            )
+            sources.update({series: study for series, study in session.exec(query)})
+    sources = {s: study for s, study in sources.items() if s not in own}
+    if not sources:
+        return None
+    summary = change_summary(stored)[:MAX_SUMMARY]
+    record = ProvenanceRecord(
+        id=secrets.token_hex(16),
+        project_id=project_id,
+        kind=DERIVATION,
+        source="research STOW-RS",
+        tool=f"imaging-depot {__version__}",
+        profile=DERIVED_POLICY,
+        profile_version="1",
+        table_edition="",
+        options=[],
+        studies=sorted({r.study_uid for r in stored}),
+        instances=len(stored),
+        summary=[{"attribute": p, "action": a, "instances": n} for p, a, n in summary],
+        sources=[{"series": s, "study": study} for s, study in sorted(sources.items())],
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(record)
+        session.commit()
+    return record
+
+
+def _zoned(record: ProvenanceRecord) -> ProvenanceRecord:
+    record.recorded_at = as_utc(record.recorded_at)
+    return record
+
+
+def get_record(engine: Engine, project_id: str, record_id: str) -> ProvenanceRecord | None:
+    with Session(engine, expire_on_commit=False) as session:
+        record = session.get(ProvenanceRecord, record_id)
+    if record is None or record.project_id != project_id:
+        return None
+    return _zoned(record)
+
+
+def records_of_project(engine: Engine, project_id: str) -> list[ProvenanceRecord]:
+    """Oldest first. A project has one per batch: hundreds, not millions."""
+    with Session(engine, expire_on_commit=False) as session:
+        query = select(ProvenanceRecord).where(ProvenanceRecord.project_id == project_id)
+        rows = session.exec(query.order_by(ProvenanceRecord.recorded_at, ProvenanceRecord.id))
+        return [_zoned(r) for r in rows]
+
+
+def existing_studies(engine: Engine, project_id: str, study_uids: Sequence[str]) -> set[str]:
+    """Which of these studies are still in the index (a deleted study is no target)."""
+    if not study_uids:
+        return set()
+    with Session(engine) as session:
+        query = select(Study.study_uid).where(
+            Study.project_id == project_id, Study.study_uid.in_(list(study_uids))
+        )
+        return set(session.exec(query))
+
+
+def count_records(engine: Engine, project_id: str) -> int:
+    with Session(engine) as session:
+        query = select(func.count()).where(ProvenanceRecord.project_id == project_id)
+        return session.exec(query).one()
