@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     vault = Vault.from_settings(settings)  # one per process: it holds a connection pool
     app.include_router(stow_router(settings, vault))
-    app.include_router(wado_router(settings))
+    app.include_router(wado_router(settings, vault))
     app.include_router(qido_router(settings))
     app.include_router(research_stow_router(settings, vault))
     app.include_router(delete_router(settings, vault))

@@ -424,3 +424,22 @@ def _hmac_with(claims: dict, secret: bytes, kid: str) -> str:
     payload = _b64(json.dumps(claims).encode())
     signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     return f"{header}.{payload}.{_b64(signature)}"
+
+
+def test_an_unreachable_identity_provider_answers_503_not_401(settings):
+    """The IdP's keys cannot be fetched (it is down): its tokens could not be checked, which
+    is not the caller's fault. Our own tokens keep working."""
+    provider = IdentityProvider()
+    provider.server.shutdown()
+    provider.server.server_close()  # nothing listens there any more
+    settings.oidc_issuer = provider.issuer
+    settings.oidc_jwks_url = provider.jwks_url
+    create_project(settings, "alpha", "Alpha")
+    app = create_app(settings)
+    client = TestClient(app, client=("127.0.0.1", 50000))
+    answer = client.get(
+        QIDO.format("alpha"), headers=_bearer(provider.token("u-1", ["alpha:researcher"]))
+    )
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "30"
+    _, ours = app.state.credentials.issue_token("alpha", Role.researcher)
+    assert client.get(QIDO.format("alpha"), headers=_bearer(ours)).status_code == 200

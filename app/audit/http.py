@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from app.audit.events import PROJECT_ID, Agent, http_event
 from app.audit.log import AuditError, append
+from app.auth.credentials import AuthenticationUnavailable
 from app.auth.roles import Kind, Role
 from app.store.index import index_engine
 
@@ -74,7 +75,10 @@ def _agent(scope: dict) -> Agent:
         match = _BEARER.match(presented or b"")
         if match:
             credentials = scope["app"].state.credentials
-            principal = credentials.authenticate(match.group(1).decode("latin-1"))
+            try:
+                principal = credentials.authenticate(match.group(1).decode("latin-1"))
+            except AuthenticationUnavailable:
+                principal = None
             if principal is None:  # revoked, expired, forged: nothing it claims is believed
                 token_id = _TOKEN_ID.match(match.group(1))
                 ident = token_id.group(1).decode() if token_id else ""

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from app.auth import grants as grant_store
 from app.auth import issuer
-from app.auth.jwt_verify import InvalidToken, JwtVerifier, TrustedIssuer
+from app.auth.jwt_verify import InvalidToken, JwtVerifier, KeysUnavailable, TrustedIssuer
 from app.auth.members import memberships_of
 from app.auth.roles import PROJECT_ROLES, Kind, Principal, Role, Scope
 from app.auth.tokens import record_token, token_principal, verify_static_token
@@ -40,6 +40,11 @@ DEFAULT_TOKEN_DAYS = 90
 _LEGACY_PREFIX = "depot_"
 _TOKEN_SUBJECT = "token:"
 _GRANT_SUBJECT = "grant:"
+
+
+class AuthenticationUnavailable(RuntimeError):
+    """A token could not be checked because its issuer's keys cannot be had (the IdP is
+    down and no key of it was ever fetched): 503, not 401."""
 
 
 class Credentials:
@@ -151,11 +156,15 @@ class Credentials:
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal behind a bearer credential, or None (never a reason: the caller
-        gets 401 whatever went wrong, the server log gets the reason without the token)."""
+        gets 401 whatever went wrong, the server log gets the reason without the token).
+        AuthenticationUnavailable when the issuer's keys cannot be had."""
         if presented.startswith(_LEGACY_PREFIX):
             return verify_static_token(self.engine, presented)
         try:
             claims = self.verifier.verify(presented)
+        except KeysUnavailable as down:  # not the caller's fault: they may retry
+            log.warning("bearer token not checked: %s", down)
+            raise AuthenticationUnavailable(str(down)) from None
         except InvalidToken as refused:
             log.info("bearer token refused: %s", refused)
             return None

@@ -10,7 +10,8 @@ by `app.state.credentials` (an `app.auth.credentials.Credentials`, set by
 - a valid token of another project: 404, the answer for any object the caller cannot see
   (decision 1: never 403, which would confirm the project exists); so is a study outside a
   compute grant's list;
-- the right project with a role (or a grant scope) the route does not accept: 403.
+- the right project with a role (or a grant scope) the route does not accept: 403;
+- a token that cannot be checked because its IdP's keys cannot be fetched: 503.
 
 Bodies are short JSON reasons; the token never appears in them. The principal is left on
 `request.state.principal` for what comes later (audit).
@@ -22,6 +23,7 @@ from collections.abc import Callable
 
 from fastapi import HTTPException, Request, status
 
+from app.auth.credentials import AuthenticationUnavailable
 from app.auth.roles import Access, Principal, Role, Scope, authorize
 
 REALM = 'Bearer realm="imaging-depot"'
@@ -60,7 +62,14 @@ def authenticate(request: Request) -> Principal:
         raise _unauthorized(presented=False)
     principal = None
     if presented and len(presented) <= MAX_CREDENTIAL:
-        principal = request.app.state.credentials.authenticate(presented)
+        try:
+            principal = request.app.state.credentials.authenticate(presented)
+        except AuthenticationUnavailable:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the identity provider's keys are unavailable; retry later",
+                headers={"Retry-After": "30"},
+            ) from None
     if principal is None:
         raise _unauthorized(presented=True)
     request.state.principal = principal

@@ -28,6 +28,7 @@ from app.dicomweb.wado_metadata import metadata_routes
 from app.dicomweb.wado_pixels import pixel_routes
 from app.dicomweb.wado_rendered import rendered_routes
 from app.dicomweb.wado_uri import uri_routes
+from app.vault import Vault
 
 READER = require(Role.researcher, Role.data_manager, Role.compute, scope=Scope.dicomweb_read)
 
@@ -40,10 +41,10 @@ _RESPONSES: dict[int | str, dict] = {
 }
 
 
-def wado_router(settings: Settings) -> APIRouter:
+def wado_router(settings: Settings, vault: Vault | None = None) -> APIRouter:
     """WADO-RS under /projects/{p}/dicom-web, WADO-URI at /projects/{p}/wado (readers only)."""
     router = APIRouter(tags=["dicomweb"], dependencies=[Depends(READER)])
-    ctx = WadoContext(settings)
+    ctx = WadoContext(settings, vault)
     routes = [
         *instance_routes(ctx),
         *metadata_routes(ctx),

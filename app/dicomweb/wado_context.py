@@ -44,6 +44,7 @@ from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
 from app.store.encryption import project_blob_store
 from app.store.index import index_engine
 from app.store.models import Instance, Series
+from app.vault import Vault
 
 ROOT = "/projects/{project_id}/dicom-web"
 STUDY = f"{ROOT}/studies/{{study_uid}}"
@@ -124,8 +125,9 @@ class WadoContext:
     """The index and the blob store, opened on the first request (opening S3 connects), and
     the public base of the URLs the answers carry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, vault: Vault | None = None) -> None:
         self._settings = settings
+        self._vault = vault  # the server's, for the data keys of sealed blobs
         self._lock = Lock()
         self._blobs: BlobStore | None = None
 
@@ -137,7 +139,7 @@ class WadoContext:
     def blobs(self) -> BlobStore:
         with self._lock:
             if self._blobs is None:
-                self._blobs = project_blob_store(self._settings)  # its own vault, lazily
+                self._blobs = project_blob_store(self._settings, self._vault)
             return self._blobs
 
     def base_of(self, request: Request) -> str:
