@@ -528,6 +528,7 @@ def _print_demo_examples(settings: Settings, host: str, port: int, scheme: str =
     from app.demo import DEMO_PROJECT, DEMO_TOKEN_FILE, demo_token
 
     base = f"{scheme}://{host}:{port}/projects/{DEMO_PROJECT}/dicom-web"
+    fhir = f"{scheme}://{host}:{port}/projects/{DEMO_PROJECT}/fhir"
     auth = '-H "Authorization: Bearer $TOKEN"'
     client = (
         "import os; from dicomweb_client import DICOMwebClient; "
@@ -542,6 +543,8 @@ def _print_demo_examples(settings: Settings, host: str, port: int, scheme: str =
         f"  curl {auth} {base}/studies",
         f'  curl {auth} "{base}/studies?ModalitiesInStudy=CT&includefield=all"',
         f"  .venv/bin/python -c '{client}'",
+        "The same studies as FHIR ImagingStudy (with their Provenance):",
+        f'  curl {auth} "{fhir}/ImagingStudy?modality=CT&_revinclude=Provenance:target"',
         "Store a cohort (identifiable in, pseudonymized stored):",
         f"  .venv/bin/depot ingest /path/to/dicom --project {DEMO_PROJECT}",
     ]

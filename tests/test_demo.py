@@ -88,5 +88,9 @@ def test_depot_serve_demo_prints_a_token_and_examples_that_work(tmp_path, monkey
         answer = httpx.get(curl.group(1), headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 200
         assert len(answer.json()) >= 5
+        fhir = re.search(r"curl -H \"Authorization: Bearer \$TOKEN\" \"(\S+/fhir/\S+)\"", printed)
+        bundle = httpx.get(fhir.group(1), headers={"Authorization": f"Bearer {token}"}).json()
+        kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+        assert kinds == {"ImagingStudy", "Provenance"}
     finally:
         stop(process, grace=5)
