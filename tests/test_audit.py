@@ -24,6 +24,7 @@ from app.auth.credentials import issue_token
 from app.auth.roles import Role
 from app.cli import app as cli_app
 from app.dicom.multipart import new_boundary
+from app.fhir.conformance import problems
 from app.main import create_app
 from app.projects import create_project
 from app.store.index import _sqlite_pragmas, index_engine
@@ -96,6 +97,7 @@ def _search_all(research, query: str) -> list[dict]:
         page = research.get(url, who=_auditor(research))
         assert page.status_code == 200, page.text
         bundle = page.json()
+        assert problems(bundle) == []  # every AuditEvent parses as FHIR (R4B models)
         found += [e["resource"] for e in bundle.get("entry", [])]
         nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
         url = None

@@ -416,6 +416,13 @@ def test_bad_parameters_are_400_and_echo_nothing(research):
             assert "Doe" not in answer.text
 
 
+def test_fhir_routes_of_the_site_serve_json_only(research):
+    for url in ("/fhir/metadata", "/fhir/Library"):
+        answer = research.get(url, headers={"Accept": "application/fhir+xml"})
+        assert answer.status_code == 406 and answer.json()["resourceType"] == "OperationOutcome"
+        assert research.get(url, headers={"Accept": "application/fhir+json"}).status_code == 200
+
+
 def test_the_catalogue_needs_a_token_unless_the_site_publishes_it(research):
     _describe(research, "alpha", description("Alpha dataset"))
     routes = ["/catalog.ttl", "/catalog.jsonld", "/fhir/metadata", "/fhir/Library",

@@ -48,6 +48,7 @@ from app.fhir.common import (
     entry,
     fhir_response,
     instant,
+    json_only,
     operation_outcome,
     parse_count,
     parse_date,
@@ -310,7 +311,7 @@ def catalog_router(settings: Settings) -> APIRouter:
     ]  # fmt: skip
     for path, handler, name, summary in fhir_routes:
         router.add_api_route(
-            path, handler, methods=["GET"], name=name, dependencies=[reader],
+            path, json_only(handler), methods=["GET"], name=name, dependencies=[reader],
             response_class=Response, description=summary,
             responses={200: {"content": {FHIR_JSON: {}}, "description": "FHIR JSON"},
                        400: {"content": {FHIR_JSON: {}}, "description": "OperationOutcome"},

@@ -10,6 +10,7 @@ model per resource would cost more than the whole query.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +90,29 @@ def operation_outcome(status: int, message: str, code: str | None = None) -> Res
         ],
     }
     return fhir_response(body, status)
+
+
+_JSON_TYPES = ("*/*", "application/*", "application/json", FHIR_JSON, "application/json+fhir")
+
+
+def accepts_json(request: Request) -> bool:
+    """Whether the Accept header admits FHIR JSON (the only format served)."""
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return True
+    return any(part.split(";")[0].strip().lower() in _JSON_TYPES for part in accept.split(","))
+
+
+def json_only(handler: Callable[..., Response]) -> Callable[..., Response]:
+    """A route answering 406 (OperationOutcome) to a client that does not accept JSON."""
+
+    @functools.wraps(handler)  # FastAPI reads the wrapped signature
+    def run(request: Request, *args: object, **kwargs: object) -> Response:
+        if not accepts_json(request):
+            return operation_outcome(406, "only application/fhir+json is served")
+        return handler(request, *args, **kwargs)
+
+    return run
 
 
 def is_fhir_path(path: str) -> bool:

@@ -34,6 +34,7 @@ from app.fhir.common import (
     entry,
     fhir_response,
     instant,
+    json_only,
     operation_outcome,
     read_response,
     searchset,
@@ -50,7 +51,6 @@ PROVENANCE_READER = require(
 ANY_MEMBER = require(
     Role.researcher, Role.data_manager, Role.auditor, Role.compute, scope=Scope.fhir_read
 )
-_JSON_TYPES = ("*/*", "application/*", "application/json", FHIR_JSON, "application/json+fhir")
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED"}  # fmt: skip
 _RESPONSES: dict[int | str, dict] = {
@@ -79,31 +79,13 @@ class Context:
         return studies is None or study_uid in studies
 
 
-def _accepts_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    if not accept:
-        return True
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in (
-            "*/*",
-            "application/*",
-            "application/json",
-            FHIR_JSON,
-            "application/json+fhir",
-        ):
-            return True
-    return False
-
-
 def _guarded(handler: Callable[..., Response]) -> Callable[..., Response]:
     """JSON only (406 otherwise); a bad parameter is a 400 and an index failure a 503, both
     OperationOutcomes, never a 500."""
 
+    @json_only
     @functools.wraps(handler)  # FastAPI reads the wrapped signature
     def run(request: Request, *args: object, **kwargs: object) -> Response:
-        if not _accepts_json(request):
-            return operation_outcome(406, "only application/fhir+json is served")
         try:
             return handler(request, *args, **kwargs)
         except SearchError as error:
