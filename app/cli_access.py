@@ -7,22 +7,24 @@ recorded in the audit trail before the token is handed over (no unrecorded token
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 from rich.table import Column, Table
 
 from app.audit import events as audit_events
-from app.auth import issuer
-from app.auth.credentials import Credentials
 from app.auth.grants import GrantError, list_grants, revoke_grant
 from app.auth.members import MemberError, list_members, remove_member, set_member
 from app.auth.roles import Role, Scope
 from app.auth.tokens import TokenError, list_tokens, revoke_token
-from app.cli_common import audit, console, fail, operator, settings
-from app.projects import ProjectError, get_project
+from app.cli_common import audit, check_project, console, fail, operator, settings
+from app.config import Settings
 from app.store.index import index_engine
 from app.vault import load_master_key
+
+# app.auth.credentials and app.auth.issuer (PyJWT, cryptography's key types) load with the
+# commands that sign: every other `depot …` call, `--help` included, does without them.
 
 token_app = typer.Typer(help="Bearer tokens for people and tools.", no_args_is_help=True)
 grant_app = typer.Typer(
@@ -54,11 +56,22 @@ def _base() -> str:
     return (settings().public_url or "http://127.0.0.1:8080").rstrip("/")
 
 
-def _check_project(project: str) -> None:
-    try:
-        get_project(settings(), project)
-    except ProjectError as exc:
-        raise fail(str(exc)) from None
+def _record(
+    config: Settings,
+    project: str | None,
+    *,
+    issued: bool,
+    subject: str,
+    role: str,
+    kind: str = "token",
+    details: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Record a token, grant or membership given (issued) or taken back, by the operator."""
+    event = audit_events.token_event(
+        issued=issued, project_id=project, token_id=subject, role=role, agent=operator(),
+        outcome=audit_events.SUCCESS, kind=kind, details=details,
+    )  # fmt: skip
+    audit(config, event, project)
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -76,6 +89,8 @@ def token_create(
     ] = 90,
 ) -> None:
     """Issue a bearer token (a signed JWT) for one project and role, or a site admin's."""
+    from app.auth.credentials import Credentials
+
     config = settings()
     credentials = Credentials(config)
     try:
@@ -84,12 +99,8 @@ def token_create(
         )
     except TokenError as exc:
         raise fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=True, project_id=project, token_id=token.id, role=token.role,
-        agent=operator(), outcome=audit_events.SUCCESS,
-    )  # fmt: skip
     try:
-        audit(config, event, project)
+        _record(config, project, issued=True, subject=token.id, role=token.role)
     except typer.Exit:
         revoke_token(credentials.engine, project, token.id)  # no unrecorded token may work
         raise
@@ -112,7 +123,7 @@ def token_list(
 ) -> None:
     """List tokens (never their secrets: they are stored nowhere)."""
     if project is not None:
-        _check_project(project)
+        check_project(project)
     table = Table("ID", "Role", "Label", "Created", "Expires", "Revoked")
     for t in list_tokens(index_engine(settings().index_url), project):
         table.add_row(
@@ -135,11 +146,7 @@ def token_revoke(
         token = revoke_token(index_engine(config.index_url), project, token_id)
     except TokenError as exc:
         raise fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=False, project_id=project, token_id=token.id, role=token.role,
-        agent=operator(), outcome=audit_events.SUCCESS,
-    )  # fmt: skip
-    audit(config, event, project)
+    _record(config, project, issued=False, subject=token.id, role=token.role)
     console.print(f"Token {token.id} revoked ({_when(token.revoked_at)} UTC).")
 
 
@@ -159,6 +166,8 @@ def grant_create(
     label: Annotated[str, typer.Option(help="e.g. the cluster's name.")] = "",
 ) -> None:
     """Issue a compute grant: a read-only token for a cluster, expiring on time."""
+    from app.auth.credentials import Credentials
+
     config = settings()
     credentials = Credentials(config)
     scopes = [s.value for s in (scope or list(Scope))]
@@ -169,13 +178,11 @@ def grant_create(
         )  # fmt: skip
     except GrantError as exc:
         raise fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=True, project_id=project, token_id=grant.id, role=Role.compute.value,
-        agent=operator(), outcome=audit_events.SUCCESS, kind="grant",
-        details=[("scope", s) for s in grant.scopes],
-    )  # fmt: skip
     try:
-        audit(config, event, project)
+        _record(
+            config, project, issued=True, subject=grant.id, role=Role.compute.value,
+            kind="grant", details=[("scope", s) for s in grant.scopes],
+        )  # fmt: skip
     except typer.Exit:
         revoke_grant(credentials.engine, project, grant.id)
         raise
@@ -190,7 +197,7 @@ def grant_create(
 @grant_app.command("list")
 def grant_list(project: Annotated[str, typer.Option(help="The project.")]) -> None:
     """The project's grants, newest first (never their tokens)."""
-    _check_project(project)
+    check_project(project)
     table = Table("Scopes", "Studies", "Label", "Created", "Expires", "Revoked")
     table.columns.insert(0, Column("ID", no_wrap=True))
     for g in list_grants(index_engine(settings().index_url), project):
@@ -212,11 +219,7 @@ def grant_revoke(
         grant = revoke_grant(index_engine(config.index_url), project, grant_id)
     except GrantError as exc:
         raise fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=False, project_id=project, token_id=grant.id, role=Role.compute.value,
-        agent=operator(), outcome=audit_events.SUCCESS, kind="grant",
-    )  # fmt: skip
-    audit(config, event, project)
+    _record(config, project, issued=False, subject=grant.id, role=Role.compute.value, kind="grant")
     console.print(f"Grant {grant.id} revoked ({_when(grant.revoked_at)} UTC).")
 
 
@@ -235,11 +238,7 @@ def member_add(
         member = set_member(index_engine(config.index_url), project, subject, role)
     except MemberError as exc:
         raise fail(str(exc)) from None
-    event = audit_events.token_event(
-        issued=True, project_id=project, token_id=subject, role=member.role,
-        agent=operator(), outcome=audit_events.SUCCESS, kind="oidc",
-    )  # fmt: skip
-    audit(config, event, project)
+    _record(config, project, issued=True, subject=subject, role=member.role, kind="oidc")
     console.print(f"{subject} is {member.role} of project {project}.", markup=False)
 
 
@@ -252,18 +251,14 @@ def member_remove(
     config = settings()
     if not remove_member(index_engine(config.index_url), project, subject):
         raise fail(f"that subject is not a member of project {project}")
-    event = audit_events.token_event(
-        issued=False, project_id=project, token_id=subject, role="",
-        agent=operator(), outcome=audit_events.SUCCESS, kind="oidc",
-    )  # fmt: skip
-    audit(config, event, project)
+    _record(config, project, issued=False, subject=subject, role="", kind="oidc")
     console.print(f"Removed from project {project}.")
 
 
 @member_app.command("list")
 def member_list(project: Annotated[str, typer.Option(help="The project.")]) -> None:
     """Who works in the project, with which role."""
-    _check_project(project)
+    check_project(project)
     table = Table("Subject", "Role", "Since")
     for m in list_members(index_engine(settings().index_url), project):
         table.add_row(m.subject, m.role, _when(m.added_at))
@@ -276,6 +271,8 @@ def member_list(project: Annotated[str, typer.Option(help="The project.")]) -> N
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Sign new tokens with a new key; the old one stays published while its tokens live."""
+    from app.auth import issuer
+
     config = settings()
     kid = issuer.rotate_signing_key(index_engine(config.index_url), load_master_key(config))
     console.print(f"New signing key {kid}; /.well-known/jwks.json publishes it.")

@@ -11,7 +11,7 @@ would pay for it at start-up.
 from __future__ import annotations
 
 import datetime as dt
-import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +21,7 @@ from rich.table import Table
 from app.audit import events as audit_events
 from app.catalog import service as catalog
 from app.catalog.model import DatasetDescription, DescriptionError, read_description_file
-from app.cli_common import audit, console, err, fail, operator, settings
-from app.projects import ProjectError, get_project
+from app.cli_common import audit, check_project, console, err, fail, operator, settings
 from app.store.index import index_engine
 from app.store.models import Dataset
 
@@ -30,8 +29,6 @@ catalog_app = typer.Typer(
     help="The site's catalogue: describe, publish and withdraw a project's dataset.",
     no_args_is_help=True,
 )
-# How a CLI action shows in the audit trail: action code and RESTful interaction.
-_ACTIONS = {"describe": ("U", "update"), "publish": ("C", "create"), "withdraw": ("D", "delete")}
 _COUNT_LABELS = {
     "subjects": "Subjects (distinct patient pseudonyms)",
     "studies": "Studies",
@@ -39,37 +36,6 @@ _COUNT_LABELS = {
     "instances": "Instances",
     "bytes": "Bytes",
 }
-
-
-def catalog_event(verb: str, project_id: str, outcome: str, row: Dataset | None) -> dict:
-    """The AuditEvent of a `depot catalog` action: who (the OS account), which project, what
-    became of the dataset (status, version); never the description's text."""
-    action, interaction = _ACTIONS[verb]
-    details = [("catalog", verb)]
-    if row is not None:
-        details += [("status", row.status), ("version", str(row.version))]
-    return {
-        "resourceType": "AuditEvent",
-        "type": audit_events.coding(audit_events.EVENT_TYPE, "rest", "RESTful Operation"),
-        "subtype": [audit_events.coding(audit_events.RESTFUL, interaction)],
-        "action": action,
-        "outcome": outcome,
-        "outcomeDesc": f"dataset {verb}" + ("" if outcome == audit_events.SUCCESS else " refused"),
-        "agent": [operator().resource("AUT")],
-        "source": {
-            "site": "imaging-depot",
-            "observer": {"display": f"imaging-depot cli on {socket.gethostname()}"},
-            "type": [audit_events.coding(audit_events.SOURCE_TYPE, "4", "Application Server")],
-        },
-        "entity": [audit_events.project_entity(project_id, details)],
-    }
-
-
-def _check_project(project: str) -> None:
-    try:
-        get_project(settings(), project)
-    except ProjectError as exc:
-        raise fail(str(exc)) from None
 
 
 def _when(moment: dt.datetime | None) -> str:
@@ -144,8 +110,25 @@ def _current_statistics(project: str) -> dict:
     return {**stats.published(), "unmapped_body_parts": stats.unmapped_body_parts}
 
 
-def _record(verb: str, project: str, outcome: str, row: Dataset | None) -> None:
-    audit(settings(), catalog_event(verb, project, outcome, row), project)
+def _act(verb: str, project: str, action: Callable[..., Dataset], *args: object) -> Dataset:
+    """Run a catalogue action on the project's dataset and record it in the audit trail, done
+    (with the dataset's status and version) or refused (then the command fails)."""
+    try:
+        row = action(index_engine(settings().index_url), project, *args)
+    except (catalog.CatalogError, DescriptionError) as exc:
+        _record(verb, project, audit_events.MINOR_FAILURE)
+        raise fail(str(exc)) from None
+    _record(
+        verb, project, audit_events.SUCCESS, [("status", row.status), ("version", str(row.version))]
+    )
+    return row
+
+
+def _record(verb: str, project: str, outcome: str, details: Sequence[tuple[str, str]] = ()) -> None:
+    event = audit_events.catalog_event(
+        verb=verb, project_id=project, agent=operator(), outcome=outcome, details=details
+    )
+    audit(settings(), event, project)
 
 
 @catalog_app.command("describe")
@@ -160,7 +143,7 @@ def catalog_describe(
 ) -> None:
     """Describe the project's dataset: validate FILE, show it and the statistics the index
     gives now (small counts suppressed), and save it as the working description."""
-    _check_project(project)
+    check_project(project)
     try:
         description: DatasetDescription = read_description_file(file)
     except DescriptionError as exc:
@@ -174,12 +157,7 @@ def catalog_describe(
     if check:
         console.print("Checked: nothing saved (--check).")
         return
-    try:
-        row = catalog.describe(index_engine(settings().index_url), project, description)
-    except catalog.CatalogError as exc:
-        _record("describe", project, audit_events.MINOR_FAILURE, None)
-        raise fail(str(exc)) from None
-    _record("describe", project, audit_events.SUCCESS, row)
+    row = _act("describe", project, catalog.describe, description)
     state = "a draft" if row.status == catalog.DRAFT else f"status {row.status}"
     console.print(f"Saved for project [bold]{project}[/bold] ({state}).")
     if row.status == catalog.PUBLISHED:
@@ -192,13 +170,8 @@ def catalog_publish(
     project: Annotated[str, typer.Option(help="The project whose dataset to publish.")],
 ) -> None:
     """Publish the description with the statistics as they are now (again: refresh them)."""
-    _check_project(project)
-    try:
-        row = catalog.publish(index_engine(settings().index_url), project)
-    except (catalog.CatalogError, DescriptionError) as exc:
-        _record("publish", project, audit_events.MINOR_FAILURE, None)
-        raise fail(str(exc)) from None
-    _record("publish", project, audit_events.SUCCESS, row)
+    check_project(project)
+    row = _act("publish", project, catalog.publish)
     stats = (row.published or {}).get("statistics", {})
     console.print(_statistics_table(stats, "Published statistics"))
     console.print(
@@ -213,13 +186,8 @@ def catalog_withdraw(
     project: Annotated[str, typer.Option(help="The project whose dataset to withdraw.")],
 ) -> None:
     """Take the dataset out of the catalogue (the description is kept)."""
-    _check_project(project)
-    try:
-        row = catalog.withdraw(index_engine(settings().index_url), project)
-    except catalog.CatalogError as exc:
-        _record("withdraw", project, audit_events.MINOR_FAILURE, None)
-        raise fail(str(exc)) from None
-    _record("withdraw", project, audit_events.SUCCESS, row)
+    check_project(project)
+    _act("withdraw", project, catalog.withdraw)
     console.print(
         f"Project [bold]{project}[/bold]: dataset withdrawn from the catalogue "
         "(FHIR reads of it now answer 410 Gone)."
@@ -243,7 +211,7 @@ def catalog_show(
             )  # fmt: skip
         console.print(table)
         return
-    _check_project(project)
+    check_project(project)
     row = catalog.get_dataset(engine, project)
     if row is None:
         raise fail(f"project {project} has no dataset description (depot catalog describe)")

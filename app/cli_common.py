@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 
 from app.audit import events as audit_events
-from app.audit.log import AuditError
+from app.audit.log import AuditError, append
 from app.config import Settings, get_settings
+from app.projects import ProjectError, get_project
 from app.store.index import index_engine
 
 console = Console()
@@ -26,14 +27,20 @@ def settings() -> Settings:
     return get_settings()
 
 
+def check_project(project: str) -> None:
+    """Fail with the service's sentence unless the project exists."""
+    try:
+        get_project(settings(), project)
+    except ProjectError as exc:
+        raise fail(str(exc)) from None
+
+
 def operator() -> audit_events.Agent:
     return audit_events.operator_agent(getpass.getuser())
 
 
 def audit(settings: Settings, event: dict, project: str | None) -> None:
     """Record a CLI event in the audit trail; a command whose event is not recorded fails."""
-    from app.audit.log import append
-
     try:
         append(index_engine(settings.index_url), event, project)
     except AuditError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 
-from app.auth.credentials import issue_token, verify_token
+from app.auth.credentials import Credentials
 from app.auth.roles import Role
 from app.config import Settings
 from app.ingest import IngestReport, Stores, ingest_files
@@ -59,15 +59,18 @@ def demo_token(settings: Settings) -> str:
     """A researcher token of the demo project, kept in the data dir (0600) so that every
     `make serve` prints the same one; a new one is issued if it was revoked or lost.
 
-    Only for the demo: real tokens are shown once and stored nowhere but as a hash.
+    Only for the demo: real tokens are shown once and stored nowhere.
     """
     path = settings.resolved_data_dir / DEMO_TOKEN_FILE
+    credentials = Credentials(settings)
     if path.is_file():
         kept = path.read_text().strip()
-        principal = verify_token(settings, kept)
+        principal = credentials.authenticate(kept)
         if principal is not None and principal.role_in(DEMO_PROJECT) is Role.researcher:
             return kept
-    _token, secret = issue_token(settings, DEMO_PROJECT, Role.researcher, label="demo (make serve)")
+    _token, secret = credentials.issue_token(
+        DEMO_PROJECT, Role.researcher, label="demo (make serve)"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secret + "\n")

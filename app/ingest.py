@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import fcntl
+import functools
 import os
 import shutil
 import tempfile
@@ -79,14 +80,7 @@ class Stores:
 def lazy_stores(settings: Settings, vault: Vault) -> Callable[[], Stores]:
     """The stores, opened on the first call and then shared: what a router needs, since
     opening the index connects to it (an app must build without a reachable database)."""
-    opened: list[Stores] = []
-
-    def stores() -> Stores:
-        if not opened:
-            opened.append(Stores.from_settings(settings, vault))
-        return opened[0]
-
-    return stores
+    return functools.cache(lambda: Stores.from_settings(settings, vault))
 
 
 class Outcome(enum.Enum):
@@ -244,7 +238,6 @@ def ingest_written(
     engine = engine_for(project, stores.vault)
     report = IngestReport(engine)
     results: list[FileResult] = []
-    touched: dict[str, None] = {}
     recorded: set[str] = set()
     out_dir = run_dir / "out"
     out_dir.mkdir(mode=0o700, exist_ok=True)
@@ -255,10 +248,8 @@ def ingest_written(
             )
             report.add(result)
             results.append(result)
-            if result.instance is not None and result.outcome is not Outcome.FAILED:
-                touched[result.instance.series_uid] = None
         if refresh_metadata:
-            _refresh_metadata(stores, project.id, list(touched), report, None)
+            _refresh_metadata(stores, project.id, touched_series(results), report, None)
         if policy is None:  # the project's pseudonymization
             record_ingest(stores.index, project.id, engine, report.stored, "ingest STOW-RS")
         elif isinstance(policy, DerivedCleaner):  # derived objects: what they come from
@@ -323,7 +314,7 @@ def _ingest_one(
         key = layout.instance_key(
             project_id, facts.study_uid, facts.series_uid, facts.sop_uid, facts.sha256
         )
-        _put(stores.blobs, key, tmp)
+        _put(stores.blobs, key, tmp, facts.size)
         try:
             with telemetry.span("index.upsert"):
                 added = index_repo.upsert_instance(stores.index, project_id, facts, key)
@@ -347,10 +338,11 @@ def _ingest_one(
         tmp.unlink(missing_ok=True)
 
 
-def _put(blobs: BlobStore, key: str, path: Path) -> None:
-    """Hand the pseudonymized file to the store (a rename on the same filesystem)."""
+def _put(blobs: BlobStore, key: str, path: Path, size: int) -> None:
+    """Hand the pseudonymized file (`size` bytes) to the store: sealed as it is copied in,
+    or renamed in when encryption at rest is off (same filesystem)."""
     try:
-        with telemetry.span("store.blob_put", {"depot.bytes": telemetry.file_size(path)}):
+        with telemetry.span("store.blob_put", {"depot.bytes": size}):
             blobs.put_file(key, path, content_type=DICOM_CONTENT_TYPE, move=True)
     except BlobStoreError:
         raise

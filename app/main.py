@@ -1,7 +1,8 @@
 """FastAPI app factory: wires settings to the stores and the routers.
 
-The DICOMweb routers (app.dicomweb: ingest and research STOW, QIDO, WADO, delete) and the
-health checks that tell an orchestrator whether the server can do its job; FHIR comes next.
+The DICOMweb routers (app.dicomweb: ingest and research STOW, QIDO, WADO, delete), the FHIR
+façade and the audit trail's AuditEvents, the management API, the site's catalogue, the
+issuer's keys, and the health checks that tell an orchestrator whether the server can do its job.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import Engine
-from sqlmodel import Session, func, select
+from sqlalchemy import Engine, or_
+from sqlmodel import Session, select
 
 from app import __version__
 from app.pseudo.batch import change_summary
@@ -40,26 +40,11 @@ def record_ingest(
     if not stored:
         return None
     profile = deidentifier.profile
-    summary = change_summary(stored)[:MAX_SUMMARY]
-    record = ProvenanceRecord(
-        id=secrets.token_hex(16),
-        project_id=project_id,
-        kind=PSEUDONYMIZATION,
-        source=source,
-        tool=f"imaging-depot {__version__}",
-        profile=profile.name,
-        profile_version=profile.version,
-        table_edition=TABLE_EDITION,
-        options=[option.code for option in profile.options],
-        studies=sorted({r.study_uid for r in stored}),
-        instances=len(stored),
-        summary=[{"attribute": p, "action": a, "instances": n} for p, a, n in summary],
-        sources=[],
-    )
-    with Session(engine, expire_on_commit=False) as session:
-        session.add(record)
-        session.commit()
-    return record
+    return _save(
+        engine, project_id, PSEUDONYMIZATION, source, stored,
+        profile=profile.name, profile_version=profile.version, table_edition=TABLE_EDITION,
+        options=[option.code for option in profile.options], sources=[],
+    )  # fmt: skip
 
 
 def record_derivation(
@@ -80,36 +65,47 @@ def record_derivation(
         if found is not None:
             series_uids |= found.series
             sop_uids |= found.instances
+    if not sop_uids and not series_uids:
+        return None
+    # One query: the series named, and those of the instances named (the project's only).
+    of_instances = select(Instance.series_uid).where(
+        Instance.project_id == project_id, Instance.sop_uid.in_(sorted(sop_uids))
+    )
+    query = select(Series.series_uid, Series.study_uid).where(
+        Series.project_id == project_id,
+        or_(Series.series_uid.in_(sorted(series_uids)), Series.series_uid.in_(of_instances)),
+    )
     with Session(engine) as session:
-        sources: dict[str, str] = {}
-        if sop_uids:
-            query = select(Instance.series_uid, Instance.study_uid).where(
-                Instance.project_id == project_id, Instance.sop_uid.in_(sorted(sop_uids))
-            )
-            sources.update({series: study for series, study in session.exec(query)})
-        if series_uids:
-            query = select(Series.series_uid, Series.study_uid).where(
-                Series.project_id == project_id, Series.series_uid.in_(sorted(series_uids))
-            )
-            sources.update({series: study for series, study in session.exec(query)})
-    sources = {s: study for s, study in sources.items() if s not in own}
+        sources = {s: study for s, study in session.exec(query) if s not in own}
     if not sources:
         return None
+    return _save(
+        engine, project_id, DERIVATION, "research STOW-RS", stored,
+        profile=DERIVED_POLICY, profile_version="1", table_edition="", options=[],
+        sources=[{"series": s, "study": study} for s, study in sorted(sources.items())],
+    )  # fmt: skip
+
+
+def _save(
+    engine: Engine,
+    project_id: str,
+    kind: str,
+    source: str,
+    stored: Sequence[InstanceResult],
+    **policy: object,
+) -> ProvenanceRecord:
+    """The record of `stored` (studies, count, change summary) with its `policy` fields."""
     summary = change_summary(stored)[:MAX_SUMMARY]
     record = ProvenanceRecord(
         id=secrets.token_hex(16),
         project_id=project_id,
-        kind=DERIVATION,
-        source="research STOW-RS",
+        kind=kind,
+        source=source,
         tool=f"imaging-depot {__version__}",
-        profile=DERIVED_POLICY,
-        profile_version="1",
-        table_edition="",
-        options=[],
         studies=sorted({r.study_uid for r in stored}),
         instances=len(stored),
         summary=[{"attribute": p, "action": a, "instances": n} for p, a, n in summary],
-        sources=[{"series": s, "study": study} for s, study in sorted(sources.items())],
+        **policy,
     )
     with Session(engine, expire_on_commit=False) as session:
         session.add(record)
@@ -147,9 +143,3 @@ def existing_studies(engine: Engine, project_id: str, study_uids: Sequence[str])
             Study.project_id == project_id, Study.study_uid.in_(list(study_uids))
         )
         return set(session.exec(query))
-
-
-def count_records(engine: Engine, project_id: str) -> int:
-    with Session(engine) as session:
-        query = select(func.count()).where(ProvenanceRecord.project_id == project_id)
-        return session.exec(query).one()

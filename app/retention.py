@@ -60,7 +60,7 @@ from app.store.models import (
     as_utc,
     utc_now,
 )
-from app.vault import Vault, load_master_key
+from app.vault import ProjectKeyMissing, Vault, load_master_key
 
 DEFAULT_RETENTION_YEARS = 10
 ACTIVE, CLOSED, PURGING, PURGED = "active", "closed", "purging", "purged"
@@ -71,6 +71,12 @@ _SIGNED_FIELDS = (
 )  # fmt: skip
 _PROJECT, _RECORD = Project.__table__, PurgeRecord.__table__
 _COUNTED = ("blobs", "studies", "series", "instances", "tokens", "linkages")
+# Step 3's tables, children first, each with the purge record's count it adds to (None: not
+# counted, they describe the studies counted: provenance, the catalogue's description).
+_ROWS = (
+    (Instance, "instances"), (Series, "series"), (Study, "studies"), (Token, "tokens"),
+    (ProvenanceRecord, None), (Dataset, None),
+)  # fmt: skip
 
 
 class RetentionError(ProjectError):
@@ -165,7 +171,8 @@ def close_project(
     values: dict = {"state": CLOSED, "closed_at": utc_now()}
     if project.declared_end is None:
         end = today or dt.date.today()
-        values |= {"declared_end": end, "retention_until": _years_later(end, 10)}
+        until = _years_later(end, DEFAULT_RETENTION_YEARS)
+        values |= {"declared_end": end, "retention_until": until}
     with _engine(settings).begin() as conn:
         conn.execute(
             update(_PROJECT)
@@ -256,20 +263,9 @@ def purge_project(
     if not resumed:
         _refuse_unless_expired(project, today)
         _mark(settings, project_id)
-    engine = _engine(settings)
     _delete_blobs(settings, project_id)
-    _delete_rows(engine, project_id)
-    own_vault = vault is None
-    vault = vault or Vault.from_settings(settings)
-    try:
-        linkages = vault.destroy_project_key(project_id) if vault.has_project(project_id) else 0
-    finally:
-        if own_vault:
-            vault.close()
-    from app.store.encryption import forget_data_key
-
-    forget_data_key(project_id)  # this process's caches too, not only within their TTL
-    _add_counts(engine, project_id, linkages=linkages)
+    _delete_rows(_engine(settings), project_id)
+    _shred(settings, project_id, vault)
     record = _complete(settings, project_id, agent or _operator())
     return PurgeResult(project_id, record, resumed)
 
@@ -339,25 +335,36 @@ def _delete_blobs(settings: Settings, project_id: str) -> None:
 
 
 def _delete_rows(engine: Engine, project_id: str) -> None:
-    """Step 3, one transaction: instances, series, studies (children first), late tokens,
-    provenance records and the catalogue's description (not counted: they describe the
-    studies counted).
+    """Step 3, one transaction: the rows of `_ROWS` (late tokens among them).
 
     Done here rather than through app.store.index_repo's per-study deletes: one statement per
     table, filtered by the project, without recounting studies that are going anyway."""
     with engine.begin() as conn:
         counts = {}
-        for name, model in (
-            ("instances", Instance), ("series", Series), ("studies", Study), ("tokens", Token),
-            ("provenance", ProvenanceRecord), ("dataset", Dataset),
-        ):  # fmt: skip
+        for model, counted in _ROWS:
             table = model.__table__
-            counts[name] = conn.execute(
-                delete(table).where(table.c.project_id == project_id)
-            ).rowcount
-        counts.pop("provenance")
-        counts.pop("dataset")
+            gone = conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount
+            if counted:
+                counts[counted] = gone
         _add(conn, project_id, counts)
+
+
+def _shred(settings: Settings, project_id: str, vault: Vault | None) -> None:
+    """Step 4: the project key, the data key and the linkage records, in one vault
+    transaction (already gone if a resumed purge had got this far); then this process's
+    cached data key, so its blobs stop being readable here at once, not within the TTL."""
+    from app.store.encryption import forget_data_key  # loads the S3 client: only now
+
+    opened = vault or Vault.from_settings(settings)
+    try:
+        linkages = opened.destroy_project_key(project_id)
+    except ProjectKeyMissing:
+        linkages = 0
+    finally:
+        if vault is None:
+            opened.close()
+    forget_data_key(project_id)
+    _add_counts(_engine(settings), project_id, linkages=linkages)
 
 
 def _complete(settings: Settings, project_id: str, agent: ev.Agent) -> PurgeRecord:

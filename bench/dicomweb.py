@@ -83,7 +83,6 @@ from tests.orthanc import OrthancProcess, OrthancServer  # noqa: E402
 from tests.services import die_with_parent, free_ports, log_tail, stop  # noqa: E402
 
 PROJECT = "bench"
-MARKER = ".depot-bench-dicomweb"
 UID_SEED = "imaging-depot-bench-dicomweb"
 STUDIES_PER_PATIENT = 5
 MODALITIES = ("CT", "MR", "CR", "DX", "US", "PT")
@@ -722,26 +721,29 @@ def cpu_line() -> str:
 # --- Work folder, PostgreSQL and main ------------------------------------------------------
 
 
-def prepare_workdir(arg: Path | None) -> tuple[Path, bool]:
+def prepare_workdir(arg: Path | None, bench_name: str = "dicomweb") -> tuple[Path, bool]:
+    """The work folder (a new one in /tmp by default) and whether the bench created it. A
+    given folder must be empty or one a `bench_name` bench used before (its marker file)."""
     if arg is None:
-        return Path(tempfile.mkdtemp(prefix="depot-bench-dicomweb-")), True
+        return Path(tempfile.mkdtemp(prefix=f"depot-bench-{bench_name}-")), True
+    marker = f".depot-bench-{bench_name}"
     path = arg.resolve()
     created = not path.exists()
-    if path.exists() and any(path.iterdir()) and not (path / MARKER).exists():
+    if path.exists() and any(path.iterdir()) and not (path / marker).exists():
         raise SystemExit(f"{path} is not empty and not a previous bench folder; choose another")
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    (path / MARKER).touch()
+    (path / marker).touch()
     return path, created
 
 
-def cleanup(path: Path, created: bool) -> None:
+def cleanup(path: Path, created: bool, bench_name: str = "dicomweb") -> None:
     if created:
         shutil.rmtree(path, ignore_errors=True)
     else:
         for child in path.iterdir():
-            if child.name != MARKER:
+            if child.name != f".depot-bench-{bench_name}":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 

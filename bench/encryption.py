@@ -41,10 +41,8 @@ import argparse
 import contextlib
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +59,6 @@ from app.store.blobs import open_blob_store  # noqa: E402
 from app.store.encryption import CHUNK_SIZE, MAGIC  # noqa: E402
 from tests.services import die_with_parent, free_ports, log_tail, stop  # noqa: E402
 
-MARKER = ".depot-bench-encryption"
 TARGET_COST = 0.15
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"'
 console = peers.console
@@ -272,18 +269,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_workdir(arg: Path | None) -> tuple[Path, bool]:
-    if arg is None:
-        return Path(tempfile.mkdtemp(prefix="depot-bench-encryption-")), True
-    path = arg.resolve()
-    if path.exists() and any(path.iterdir()) and not (path / MARKER).exists():
-        raise SystemExit(f"{path} is not empty and not a previous bench folder; choose another")
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    (path / MARKER).touch()
-    return path, False
-
-
 @dataclass
 class Run:
     servers: list[Server] = field(default_factory=list)
@@ -292,7 +277,7 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir, created = prepare_workdir(args.workdir)
+    workdir, created = peers.prepare_workdir(args.workdir, "encryption")
     (workdir / "logs").mkdir()
     run = Run()
     crashed = True
@@ -309,12 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             run.weed.stop()  # type: ignore[attr-defined]
         if args.keep or crashed:
             console.print(f"work folder kept: {workdir}")
-        elif created:
-            shutil.rmtree(workdir, ignore_errors=True)
         else:
-            for child in workdir.iterdir():
-                if child.name != MARKER:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            peers.cleanup(workdir, created, "encryption")
     return 1 if crashed else 0
 
 

@@ -4,6 +4,7 @@ leak. HTTP tests use the `research` fixture, so they run on SQLite + files and P
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -21,7 +22,9 @@ from typer.testing import CliRunner
 from app.audit import events as ev
 from app.audit.log import AuditError, Query, append, export, verify
 from app.auth.credentials import issue_token
+from app.auth.grants import revoke_grant
 from app.auth.roles import Role
+from app.auth.tokens import revoke_token
 from app.cli import app as cli_app
 from app.dicom.multipart import new_boundary
 from app.fhir.conformance import problems
@@ -439,3 +442,28 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_recorded(settings):
     spoofed.get("/projects/alpha/dicom-web/studies", headers={"X-Forwarded-For": "10.0.0.1"})
     addresses = [e["agent"][0]["network"]["address"] for e in _rows(settings.index_url)]
     assert addresses == ["203.0.113.7", "198.51.100.9"]  # an untrusted peer's header is ignored
+
+
+def test_a_refused_token_is_recorded_by_the_public_id_it_claims_and_junk_by_none(settings):
+    """docs/security.md: a revoked token shows as its public id with "unverified token"; a
+    credential that is not one of ours records no identifier at all."""
+    create_project(settings, "alpha", "Alpha")
+    app = create_app(settings)
+    credentials = app.state.credentials
+    token, secret = credentials.issue_token("alpha", Role.researcher)
+    grant, grant_token = credentials.issue_grant(
+        "alpha", scopes=["dicomweb-read"], lifetime=dt.timedelta(hours=1)
+    )
+    revoke_token(credentials.engine, "alpha", token.id)
+    revoke_grant(credentials.engine, "alpha", grant.id)
+    client = TestClient(app, client=("127.0.0.1", 50000))
+    url = "/projects/alpha/dicom-web/studies"
+    for presented in (secret, grant_token, "junk.eyJqdGkiOiJ4In0.x", "a" * 300):
+        assert client.get(url, headers={"Authorization": f"Bearer {presented}"}).status_code == 401
+    agents = [e["agent"][0]["who"] for e in _rows(settings.index_url, "alpha")][-4:]
+    assert (
+        agents[0]["identifier"]["value"] == token.id and agents[0]["display"] == "unverified token"
+    )
+    assert agents[1]["identifier"]["value"] == grant.id
+    assert agents[1]["identifier"]["system"] == ev.GRANT_SYSTEM
+    assert agents[2] == agents[3] == {"display": "unverified token"}

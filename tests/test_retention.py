@@ -42,6 +42,10 @@ from tests.samples import sample
 pytest_plugins = ["tests.blobstores", "tests.research_server"]
 
 TODAY = dt.date(2026, 11, 28)
+NOTHING_LEFT = {  # every index table that holds a project's rows, after its purge
+    "studies": 0, "series": 0, "instances": 0, "tokens": 0, "grants": 0, "members": 0,
+    "provenance": 0, "dataset": 0,
+}  # fmt: skip
 LONG_AGO = dt.date(2010, 6, 30)  # declared end: retention ended 2020-06-30
 WHO = Identity()
 runner = CliRunner()
@@ -88,16 +92,7 @@ def test_an_expired_project_is_purged_and_nothing_else(research, tmp_path):
 
     assert item.project_id == "alpha" and item.error == "" and not item.result.resumed
     assert _blobs(research, "alpha") == []
-    assert count_rows(index, "alpha") == {
-        "studies": 0,
-        "series": 0,
-        "instances": 0,
-        "tokens": 0,
-        "grants": 0,
-        "members": 0,
-        "provenance": 0,
-        "dataset": 0,
-    }
+    assert count_rows(index, "alpha") == NOTHING_LEFT
     assert get_project(settings, "alpha").state == "purged"
     vault = research.stores.vault
     assert not vault.has_project("alpha")
@@ -142,16 +137,7 @@ def test_a_purge_interrupted_after_the_blobs_is_finished_by_the_next_run(researc
     [item] = run_retention(settings, TODAY)
 
     assert item.state == "purging" and item.result.resumed and item.error == ""
-    assert count_rows(index, "alpha") == {
-        "studies": 0,
-        "series": 0,
-        "instances": 0,
-        "tokens": 0,
-        "grants": 0,
-        "members": 0,
-        "provenance": 0,
-        "dataset": 0,
-    }
+    assert count_rows(index, "alpha") == NOTHING_LEFT
     assert not research.stores.vault.has_project("alpha")
     record = purge_record(settings, "alpha")
     assert record.instances == 2 and record.blobs >= 2 and record.tokens == 2  # both runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
@@ -69,10 +69,6 @@ class MemberOut(BaseModel):
         return cls.model_validate(member, from_attributes=True)
 
 
-def _unprocessable(error: Exception) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(error))
-
-
 def projects_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["projects"])
 
@@ -127,7 +123,7 @@ def projects_router(settings: Settings) -> APIRouter:
         try:
             member = set_member(index(), project_id, subject, body.role)
         except MemberError as error:
-            raise _unprocessable(error) from None
+            raise HTTPException(422, detail=str(error)) from None
         request.state.audit_entities = [security_entity("oidc", subject, [("role", member.role)])]
         return MemberOut.of(member)
 

@@ -322,6 +322,33 @@ def token_event(
     )  # fmt: skip
 
 
+# A `depot catalog` action on the project's dataset: AuditEvent action, RESTful interaction.
+_CATALOG_ACTIONS = {
+    "describe": ("U", "update"),
+    "publish": ("C", "create"),
+    "withdraw": ("D", "delete"),
+}
+
+
+def catalog_event(
+    *,
+    verb: str,
+    project_id: str,
+    agent: Agent,
+    outcome: str,
+    details: Sequence[tuple[str, str]] = (),
+) -> dict:
+    """A `depot catalog describe|publish|withdraw`: the project and what became of its dataset
+    (`details`: status, version), never the description's text."""
+    action, interaction = _CATALOG_ACTIONS[verb]
+    description = f"dataset {verb}" + ("" if outcome == SUCCESS else " refused")
+    entities = [project_entity(project_id, [("catalog", verb), *details])]
+    return _event(
+        coding(EVENT_TYPE, "rest", "RESTful Operation"), [coding(RESTFUL, interaction)], action,
+        outcome, description, agent, "AUT", entities, "cli",
+    )  # fmt: skip
+
+
 def ingest_event(
     *,
     project_id: str,

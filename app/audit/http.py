@@ -18,14 +18,13 @@ import anyio.to_thread
 
 from app.audit.events import PROJECT_ID, Agent, http_event
 from app.audit.log import AuditError, append
-from app.auth.credentials import AuthenticationUnavailable
-from app.auth.roles import Kind, Role
+from app.auth.credentials import AuthenticationUnavailable, claimed_id
+from app.auth.roles import Kind, Principal, Role
 from app.store.index import index_engine
 
 log = logging.getLogger(__name__)
 
-_BEARER = re.compile(rb"^\s*bearer\s+(\S{1,200})\s*$", re.IGNORECASE)
-_TOKEN_ID = re.compile(rb"^depot_([0-9a-f]{12})_")
+_BEARER = re.compile(rb"^\s*bearer\s+(\S{1,8192})\s*$", re.IGNORECASE)  # app.auth.http's cap
 _UNAVAILABLE = b'{"detail":"the audit log is unavailable; the request was not served"}'
 
 
@@ -66,7 +65,8 @@ def _address(scope: dict) -> str:
 
 def _agent(scope: dict) -> Agent:
     address = _address(scope)
-    principal = (scope.get("state") or {}).get("principal")
+    state = scope.get("state") or {}
+    principal = state.get("principal")
     if principal is None:  # refused (401, 403, 404): who was it, if anyone?
         presented = None
         for name, value in scope.get("headers", []):
@@ -74,15 +74,14 @@ def _agent(scope: dict) -> Agent:
                 presented = value
         match = _BEARER.match(presented or b"")
         if match:
-            credentials = scope["app"].state.credentials
-            try:
-                principal = credentials.authenticate(match.group(1).decode("latin-1"))
-            except AuthenticationUnavailable:
-                principal = None
+            # Checked again only if app.auth.http did not (no such route, a refused body…).
+            if not state.get("credential_refused"):
+                principal = _authenticate(scope, match.group(1).decode("latin-1"))
             if principal is None:  # revoked, expired, forged: nothing it claims is believed
-                token_id = _TOKEN_ID.match(match.group(1))
-                ident = token_id.group(1).decode() if token_id else ""
-                return Agent("token", ident, "", address, "unverified token")
+                kind, ident = claimed_id(match.group(1).decode("latin-1"))
+                if not ident:
+                    return Agent("anonymous", address=address, note="unverified token")
+                return Agent(kind, ident, "", address, "unverified token")
     if principal is not None:
         project = _project(scope)
         role = principal.role_in(project)
@@ -96,6 +95,13 @@ def _agent(scope: dict) -> Agent:
             principal.kind.value, principal.subject, role.value if role else "", address, note
         )
     return Agent("anonymous", address=address)
+
+
+def _authenticate(scope: dict, presented: str) -> Principal | None:
+    try:
+        return scope["app"].state.credentials.authenticate(presented)
+    except AuthenticationUnavailable:
+        return None
 
 
 def event_for(scope: dict, status: int, crashed: bool = False) -> dict:

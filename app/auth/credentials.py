@@ -16,11 +16,15 @@ revoked (`app.auth.tokens.verify_static_token`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
 from functools import cached_property
 
+import orjson
 from sqlalchemy import Engine
 
 from app.auth import grants as grant_store
@@ -42,6 +46,30 @@ _TOKEN_SUBJECT = "token:"
 _GRANT_SUBJECT = "grant:"
 
 
+_OUR_IDS = re.compile(r"^(?:[0-9a-f]{12}|g[0-9a-f]{16})$")  # a token's or a grant's id
+
+
+def claimed_id(presented: str) -> tuple[str, str]:
+    """(kind, public id) that a refused credential claims, NOT verified: for the audit
+    trail's "unverified token" note. A legacy token's id, or the `jti` of a JWT when it has
+    the shape of our token or grant ids; ("", "") for anything else (an IdP's token, junk),
+    so nothing a stranger wrote is recorded."""
+    if presented.startswith(_LEGACY_PREFIX):
+        parts = presented.split("_")
+        return ("token", parts[1]) if len(parts) >= 3 and _OUR_IDS.match(parts[1]) else ("", "")
+    segments = presented.split(".")
+    if len(segments) != 3 or len(segments[1]) > 4096:
+        return "", ""
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4)))
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        return "", ""
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    if not isinstance(jti, str) or not _OUR_IDS.match(jti):
+        return "", ""
+    return ("grant" if jti.startswith("g") else "token"), jti
+
+
 class AuthenticationUnavailable(RuntimeError):
     """A token could not be checked because its issuer's keys cannot be had (the IdP is
     down and no key of it was ever fetched): 503, not 401."""
@@ -53,6 +81,7 @@ class Credentials:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.issuer = settings.local_issuer
+        self._key_ensured = False
 
     @cached_property
     def engine(self) -> Engine:
@@ -77,7 +106,7 @@ class Credentials:
                 issuer=self.issuer,
                 audience=self.settings.token_audience,
                 jwks=self.jwks,
-                algorithms=("ES256",),
+                algorithms=(issuer.ALGORITHM,),
                 leeway=leeway,
             )
         ]
@@ -95,7 +124,9 @@ class Credentials:
     # --- issuing --------------------------------------------------------------------------
 
     def _sign(self, subject: str, jti: str, expires_at: dt.datetime, extra: dict) -> str:
-        issuer.ensure_signing_key(self.engine, self._master_key)
+        if not self._key_ensured:  # once per process: a rotation retires a key for another
+            issuer.ensure_signing_key(self.engine, self._master_key)
+            self._key_ensured = True
         now = utc_now()
         claims = {
             "iss": self.issuer,
@@ -217,7 +248,7 @@ def issue_token(
     label: str = "",
     expires_in: dt.timedelta | None = None,
 ) -> tuple[Token, str]:
-    """One token, for callers that hold no Credentials (the CLI, the demo, tests)."""
+    """One token, for callers that hold no Credentials (tests, scripts)."""
     return Credentials(settings).issue_token(project_id, role, label, expires_in)
 
 

@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from app.auth.roles import Scope
-from app.store.models import AccessGrant, Project, Study, as_utc, utc_now
+from app.auth.tokens import zoned
+from app.store.models import AccessGrant, Project, Study, utc_now
 
 MAX_STUDIES = 1000  # a grant names studies; a whole project is "no list"
 _UID_CHARS = set("0123456789.")
@@ -29,13 +30,6 @@ class GrantError(ValueError):
 
 class GrantNotFound(GrantError):
     """No grant with this id in this project."""
-
-
-def _zoned(grant: AccessGrant) -> AccessGrant:
-    grant.created_at = as_utc(grant.created_at)
-    grant.expires_at = as_utc(grant.expires_at)
-    grant.revoked_at = as_utc(grant.revoked_at)
-    return grant
 
 
 def _scopes(scopes: Iterable[str]) -> list[str]:
@@ -129,7 +123,7 @@ def issue_grant(
         )
         session.add(grant)
         session.commit()
-    return _zoned(grant)
+    return zoned(grant)
 
 
 def active_grant(
@@ -140,7 +134,7 @@ def active_grant(
         grant = session.get(AccessGrant, grant_id)
     if grant is None:
         return None
-    grant = _zoned(grant)
+    grant = zoned(grant)
     now = now or utc_now()
     if grant.revoked_at is not None or grant.expires_at <= now:
         return None
@@ -152,7 +146,7 @@ def list_grants(engine: Engine, project_id: str) -> list[AccessGrant]:
     with Session(engine, expire_on_commit=False) as session:
         query = select(AccessGrant).where(AccessGrant.project_id == project_id)
         rows = session.exec(query.order_by(AccessGrant.created_at.desc(), AccessGrant.id))
-        return [_zoned(g) for g in rows]
+        return [zoned(g) for g in rows]
 
 
 def revoke_grant(engine: Engine, project_id: str, grant_id: str) -> AccessGrant:
@@ -165,7 +159,7 @@ def revoke_grant(engine: Engine, project_id: str, grant_id: str) -> AccessGrant:
             grant.revoked_at = utc_now()
             session.add(grant)
             session.commit()
-    return _zoned(grant)
+    return zoned(grant)
 
 
 def count_active_grants(engine: Engine) -> int:

@@ -14,7 +14,8 @@ by `app.state.credentials` (an `app.auth.credentials.Credentials`, set by
 - a token that cannot be checked because its IdP's keys cannot be fetched: 503.
 
 Bodies are short JSON reasons; the token never appears in them. The principal is left on
-`request.state.principal` for what comes later (audit).
+`request.state.principal` for what comes later (audit), and a presented credential that was
+refused is marked `request.state.credential_refused`.
 """
 
 from __future__ import annotations
@@ -65,12 +66,14 @@ def authenticate(request: Request) -> Principal:
         try:
             principal = request.app.state.credentials.authenticate(presented)
         except AuthenticationUnavailable:
+            request.state.credential_refused = True
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 detail="the identity provider's keys are unavailable; retry later",
                 headers={"Retry-After": "30"},
             ) from None
     if principal is None:
+        request.state.credential_refused = True  # app.audit.http need not check it again
         raise _unauthorized(presented=True)
     request.state.principal = principal
     return principal

@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import json
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -38,7 +37,6 @@ __all__ = [
     "ALGORITHM",
     "IssuerError",
     "ensure_signing_key",
-    "jwks_source",
     "published_jwks",
     "rotate_signing_key",
     "sign",
@@ -211,11 +209,6 @@ def published_jwks(engine: Engine, now: dt.datetime, keep_retired_for: dt.timede
         stored = json.loads(row.public_jwk)
         keys.append({name: stored[name] for name in _PUBLIC_MEMBERS if name in stored})
     return {"keys": keys}
-
-
-def jwks_source(engine: Engine, keep_retired_for: dt.timedelta) -> Callable[[], dict]:
-    """A key source for `jwt_verify.TrustedIssuer(jwks=…)`: the table, read directly."""
-    return lambda: published_jwks(engine, utc_now(), keep_retired_for)
 
 
 def sign(engine: Engine, master_key: bytes, claims: dict[str, Any]) -> str:

@@ -111,7 +111,7 @@ def _check_url(url: str, what: str) -> None:
 class TrustedIssuer:
     """An issuer whose tokens are accepted, for one audience, with keys from one source.
 
-    Give `jwks` (a callable returning a JWK Set, e.g. `app.auth.issuer.jwks_source`) or
+    Give `jwks` (a callable returning a JWK Set, e.g. `Credentials.jwks`) or
     `jwks_url`; with neither, the URL is found in `<issuer>/.well-known/openid-configuration`
     at the first key lookup. `cache_seconds` and `refetch_interval` default to 300 s and 30 s
     for a URL (another server) and to 60 s and 1 s for a callable (a local table).

@@ -73,12 +73,6 @@ class Principal:
     def projects(self) -> list[str]:
         return sorted(project for project, _ in self.memberships)
 
-    @property
-    def roles(self) -> list[str]:
-        """For the audit trail: every role held, `site_admin` first."""
-        held = sorted({role.value for _, role in self.memberships})
-        return ["site_admin", *held] if self.site_admin else held
-
 
 class Access(enum.Enum):
     allowed = "allowed"

@@ -21,16 +21,15 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from app.auth.roles import Principal, Role
-from app.store.models import Project, Token, as_utc, utc_now
+from app.store.models import AccessGrant, Project, Token, as_utc, utc_now
 
 __all__ = [
-    "Principal",
-    "Role",
     "TokenError",
     "TokenNotFound",
     "list_tokens",
@@ -38,13 +37,14 @@ __all__ = [
     "revoke_token",
     "token_principal",
     "verify_static_token",
+    "zoned",
 ]
 
-PREFIX = "depot"
 SECRET_BYTES = 32
 _ID_LENGTH = 12  # hex characters: 48 bits, only needs to be unique, not secret
 _FORMAT = re.compile(r"^depot_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _DUMMY_HASH = hashlib.sha256(b"\0" * SECRET_BYTES).hexdigest()
+_Row = TypeVar("_Row", Token, AccessGrant)
 
 
 class TokenError(ValueError):
@@ -55,12 +55,12 @@ class TokenNotFound(TokenError):
     """No token with this id in this project."""
 
 
-def _zoned(token: Token) -> Token:
-    """The token (detached from its session) with its timestamps in UTC on every database."""
-    token.created_at = as_utc(token.created_at)
-    token.expires_at = as_utc(token.expires_at)
-    token.revoked_at = as_utc(token.revoked_at)
-    return token
+def zoned(row: _Row) -> _Row:
+    """The token or grant row (detached from its session) with its timestamps in UTC on every
+    database."""
+    for name in ("created_at", "expires_at", "revoked_at"):
+        setattr(row, name, as_utc(getattr(row, name)))
+    return row
 
 
 def _hash(secret: bytes) -> str:
@@ -117,7 +117,7 @@ def record_token(
         )
         session.add(token)
         session.commit()
-    return _zoned(token)
+    return zoned(token)
 
 
 def _usable(token: Token | None) -> Principal | None:
@@ -185,7 +185,7 @@ def revoke_token(engine: Engine, project_id: str, token_id: str) -> Token:
             token.revoked_at = utc_now()
             session.add(token)
             session.commit()
-    return _zoned(token)
+    return zoned(token)
 
 
 def list_tokens(engine: Engine, project_id: str) -> list[Token]:
@@ -193,4 +193,4 @@ def list_tokens(engine: Engine, project_id: str) -> list[Token]:
     with _session(engine) as session:
         query = select(Token).where(Token.project_id == project_id)
         tokens = list(session.exec(query.order_by(Token.created_at, Token.id)))
-    return [_zoned(t) for t in tokens]
+    return [zoned(t) for t in tokens]

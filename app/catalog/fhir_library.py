@@ -28,9 +28,9 @@ from app.catalog.model import DATA_THEMES, HEALTH_CATEGORY_LABELS
 from app.catalog.rdf import CATALOG_ID, EU, HDEU, Site, dataset_turtle, library_url
 from app.fhir.body_site import body_site
 from app.fhir.common import instant
+from app.fhir.resources import CANONICAL, DCM
 from app.store.models import Dataset
 
-CANONICAL = "https://w3id.org/imaging-depot/fhir"
 DESCRIPTION_PROFILE = f"{CANONICAL}/StructureDefinition/depot-dataset-description"
 CATALOG_PROFILE = f"{CANONICAL}/StructureDefinition/depot-dataset-catalog"
 LIBRARY_TYPE = {
@@ -42,7 +42,6 @@ LIBRARY_TYPE = {
         }
     ]
 }
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
 THEME_SYSTEM = EU + "data-theme"
 CATEGORY_SYSTEM = HDEU + "healthcategories"
 
@@ -57,13 +56,6 @@ def _contact(org: dict) -> dict:
     if org.get("name"):
         detail = {"name": org["name"], **detail}
     return detail
-
-
-def _site_org(site: Site) -> dict:
-    org = {"name": site.name, "email": site.email, "url": site.url}
-    if not site.email and not site.url:
-        org["url"] = site.base + "/"
-    return org
 
 
 def _narrative(title: str, text: str) -> dict:
@@ -126,7 +118,7 @@ def description_library(row: Dataset, site: Site) -> dict:
     desc, stats = snapshot["description"], snapshot["statistics"]
     url = library_url(site.base, row.project_id)
     published_at = row.published_at or row.modified_at
-    publisher = desc.get("publisher") or _site_org(site)
+    publisher = desc.get("publisher") or site.contact
     turtle = _turtle(row, site)
     library: dict = {
         "resourceType": "Library",
@@ -206,7 +198,7 @@ def catalog_library(
         "status": "active",
         "type": LIBRARY_TYPE,
         "publisher": site.name,
-        "contact": [_contact(_site_org(site))],
+        "contact": [_contact(site.contact)],
         "description": (
             "The site's catalogue of pseudonymised imaging datasets (non-public access "
             "through the health data access body); also served as HealthDCAT-AP."

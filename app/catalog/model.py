@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -60,6 +60,7 @@ _TWO_LETTER = {two: code for code, (two, _) in LANGUAGES.items()}
 _EMAIL = re.compile(r"^[^@\s<>\"(),;:\\\[\]]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s<>\"{}|\\^`]*)?$")
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,31}$")
+_Reachable = TypeVar("_Reachable", "Organisation", "ContactPoint")
 HDH = {
     "name": "Plateforme des données de santé (Health Data Hub)",
     "url": "https://www.health-data-hub.fr/",
@@ -95,6 +96,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
 
+def _reachable(org: _Reachable) -> _Reachable:
+    """At least one way to reach it (HealthDCAT-AP: a cv:ContactPoint with an e-mail or a
+    contact page)."""
+    if org.email is None and org.url is None:
+        raise ValueError("give an email or a url")
+    return org
+
+
 class Organisation(_Strict):
     """An organisation with one way to reach it (HealthDCAT-AP: one cv:ContactPoint with an
     e-mail or a contact page)."""
@@ -102,12 +111,7 @@ class Organisation(_Strict):
     name: Text
     email: Email | None = None
     url: Url | None = None
-
-    @model_validator(mode="after")
-    def _reachable(self) -> Organisation:
-        if self.email is None and self.url is None:
-            raise ValueError("give an email or a url")
-        return self
+    _reachable = model_validator(mode="after")(_reachable)
 
 
 class ContactPoint(_Strict):
@@ -116,12 +120,7 @@ class ContactPoint(_Strict):
     name: Text | None = None
     email: Email | None = None
     url: Url | None = None
-
-    @model_validator(mode="after")
-    def _reachable(self) -> ContactPoint:
-        if self.email is None and self.url is None:
-            raise ValueError("give an email or a url")
-        return self
+    _reachable = model_validator(mode="after")(_reachable)
 
 
 class Producer(_Strict):

@@ -100,6 +100,15 @@ class Site:
     def catalogue_title(self) -> str:
         return f"{self.name}: research imaging datasets"
 
+    @property
+    def contact(self) -> dict:
+        """The site as an organisation, reachable by DEPOT_SITE_EMAIL or _URL (the server's
+        own base when neither is set, so the contact point is never empty)."""
+        org = {"name": self.name, "email": self.email, "url": self.url}
+        if not self.email and not self.url:
+            org["url"] = self.base + "/"
+        return org
+
 
 def library_url(base: str, library_id: str) -> str:
     """The canonical URL of a Library, and the IRI of the dataset (or catalogue) it holds."""
@@ -172,12 +181,8 @@ def _agent(graph: Graph, node: URIRef, org: dict, lang: str | None, kind: str | 
 
 
 def site_agent(graph: Graph, site: Site) -> URIRef:
-    """The site as publisher: DEPOT_SITE_NAME, reachable by DEPOT_SITE_EMAIL or _URL (the
-    server's own base when neither is set, so the contact point is never empty)."""
-    org = {"name": site.name, "email": site.email, "url": site.url}
-    if not site.email and not site.url:
-        org["url"] = site.base + "/"
-    return _agent(graph, URIRef(site.catalog_iri + "#publisher"), org, None,
+    """The site as publisher (DEPOT_SITE_NAME, and its `contact`)."""
+    return _agent(graph, URIRef(site.catalog_iri + "#publisher"), site.contact, None,
                   "inpatient-institute")  # fmt: skip
 
 

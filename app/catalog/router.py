@@ -48,7 +48,9 @@ from app.fhir.common import (
     entry,
     fhir_response,
     instant,
+    is_fhir_id,
     json_only,
+    offset_links,
     operation_outcome,
     parse_count,
     parse_date,
@@ -250,8 +252,7 @@ def catalog_router(settings: Settings) -> APIRouter:
 
     # --- FHIR Library -----------------------------------------------------------------------
 
-    def libraries(request: Request) -> list[dict]:
-        site = _site(request, settings)
+    def libraries(site: rdf.Site) -> list[dict]:
         rows = catalog.published_datasets(engine())
         found = [description_library(row, site) for row in rows]
         listing = catalog_library(rows, site, catalog.last_change(engine()))
@@ -266,21 +267,15 @@ def catalog_router(settings: Settings) -> APIRouter:
             offset = parse_offset([v for k, v in items if k == "_offset"])
         except SearchError as error:
             return operation_outcome(400, str(error))
-        found = [lib for lib in libraries(request) if matches(lib)]
+        site = _site(request, settings)
+        found = [lib for lib in libraries(site) if matches(lib)]
         found.sort(key=lambda lib: (lib["meta"]["lastUpdated"], lib["id"]))
-        base = f"{_site(request, settings).base}/fhir"
-        kept = [(k, v) for k, v in items if k != "_offset"]
-        following = offset + count
+        url = f"{site.base}/fhir/Library"
+        next_items, previous_items = offset_links(items, offset, count, len(found))
         bundle = searchset(
-            url=f"{base}/Library",
-            items=items,
-            entries=[entry(f"{base}/Library/{lib['id']}", lib)
-                     for lib in found[offset:following]],
-            total=len(found),
-            next_items=[*kept, ("_offset", str(following))] if following < len(found) else None,
-            previous_items=(
-                [*kept, ("_offset", str(max(0, offset - count)))] if offset else None
-            ),
+            url=url, items=items, total=len(found), next_items=next_items,
+            previous_items=previous_items,
+            entries=[entry(f"{url}/{lib['id']}", lib) for lib in found[offset : offset + count]],
         )  # fmt: skip
         return fhir_response(bundle)
 
@@ -290,7 +285,8 @@ def catalog_router(settings: Settings) -> APIRouter:
             rows = catalog.published_datasets(engine())
             resource = catalog_library(rows, site, catalog.last_change(engine()))
         else:
-            row = catalog.catalogued_dataset(engine(), library_id) if _fhir_id(library_id) else None
+            valid = is_fhir_id(library_id)  # anything else is no project's id
+            row = catalog.catalogued_dataset(engine(), library_id) if valid else None
             if row is not None and row.status == catalog.WITHDRAWN:
                 return operation_outcome(410, "this dataset was withdrawn from the catalogue")
             resource = description_library(row, site) if row is not None else None
@@ -358,10 +354,6 @@ def _positive(name: str, value: str, limit: int) -> int:
     return int(value)
 
 
-def _fhir_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in ".-") for c in value)
-
-
 def _fold(text: str) -> str:
     """FHIR string matching: case- and accent-insensitive."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -389,7 +381,8 @@ def _library_filter(items: list[tuple[str, str]]) -> Callable[[dict], bool]:
         if name == "_lastUpdated":
             bounds = parse_date(name, raw).point_bounds()
             tests.append(lambda lib, b=bounds: all(
-                op(_when(lib["meta"]["lastUpdated"]), limit) for op, limit in b))  # fmt: skip
+                op(dt.datetime.fromisoformat(lib["meta"]["lastUpdated"]), limit)
+                for op, limit in b))  # fmt: skip
         elif name == "_id":
             tests.append(lambda lib, v=values: lib["id"] in v)
         elif name == "url":
@@ -425,10 +418,6 @@ def _has_topic(library: dict, system: str | None, code: str | None) -> bool:
             if code is None or coding.get("code") == code:
                 return True
     return False
-
-
-def _when(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # --- responses ------------------------------------------------------------------------------

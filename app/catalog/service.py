@@ -254,10 +254,11 @@ def last_change(engine: Engine) -> dt.datetime | None:
 
 
 def catalogued_dataset(engine: Engine, project_id: str) -> Dataset | None:
-    """A dataset the catalogue knows of: published, or withdrawn after publication (410)."""
+    """A dataset the catalogue knows of: published, or withdrawn after publication (410);
+    never one of a project being purged or purged, whatever its status."""
     row = get_dataset(engine, project_id)
     if row is None or row.status == DRAFT or row.published is None:
         return None
-    if row.status == PUBLISHED and _project(engine, project_id).state in GONE_PROJECT_STATES:
+    if _project(engine, project_id).state in GONE_PROJECT_STATES:
         return None
     return row

@@ -32,21 +32,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from app.dicom.scan import read_header
+from app.dicom.part10 import ITEM, SEQUENCE_DELIMITER
+from app.dicom.scan import UNDEFINED_LENGTH, read_header
 
 ReadRange = Callable[[int, int], bytes]  # [start, end) of the blob, shorter at its end
 
-ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-PIXEL_TAGS = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
-NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
-_UNDEFINED = 0xFFFFFFFF
+PIXEL_TAGS = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}  # their implicit VR
 _LOOKAHEAD = 64 * 1024  # item headers close together (small fragments) cost one read
 _EXPLICIT_HEADER = 12  # tag, VR, 2 reserved bytes, 4-byte length (OB/OW/OF/OD)
 _IMPLICIT_HEADER = 8  # tag, 4-byte length
@@ -90,6 +83,11 @@ class PixelLayout:
                 "available one by one; retrieve the instance or the pixel data bulk instead"
             )
         return bits // 8
+
+    @property
+    def swap_word(self) -> int:
+        """Bytes per unit to swap for little endian output (1: already little endian)."""
+        return 1 if self.little_endian else big_endian_word(self.vr, self.bits_allocated)
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def _layout(
         tag=tag,
         vr=vr,
         value_start=start + header_size,
-        value_length=None if length == _UNDEFINED else length,
+        value_length=None if length == UNDEFINED_LENGTH else length,
         little_endian=little,
     )
 
@@ -235,7 +233,7 @@ def _fragments(items: _Items, offset: int, stop: int | None) -> list[tuple[int, 
         tag, length = items.item(offset)
         if tag == SEQUENCE_DELIMITER:
             break
-        if tag != ITEM or length == _UNDEFINED:
+        if tag != ITEM or length == UNDEFINED_LENGTH:
             raise FrameError("the encapsulated pixel data is malformed")
         found.append((offset + 8, offset + 8 + length))
         offset += 8 + length

@@ -20,6 +20,7 @@ from app.auth.roles import Role
 from app.config import Settings
 from app.dicomweb.stow import StowService, add_stow_routes, in_study
 from app.projects import engine_for
+from app.store.models import Project
 from app.vault import Vault
 
 MANAGER = require(Role.data_manager)
@@ -30,6 +31,10 @@ def stow_router(settings: Settings, vault: Vault) -> APIRouter:
     router = APIRouter(tags=["ingest"])
     service = StowService(settings, vault)
 
+    def stored_study_uid(project: Project, study_uid: str) -> str:
+        """The path's original study UID as stored (the vault read stays off the event loop)."""
+        return engine_for(project, service.stores().vault).map_uid(study_uid)
+
     async def store_instances(
         request: Request, project_id: str, study_uid: str | None = None
     ) -> JSONResponse:
@@ -37,8 +42,7 @@ def stow_router(settings: Settings, vault: Vault) -> APIRouter:
         project = await run_in_threadpool(service.project, project_id)
         expected = None
         if study_uid is not None:
-            stores = await run_in_threadpool(service.stores)
-            expected = engine_for(project, stores.vault).map_uid(study_uid)
+            expected = await run_in_threadpool(stored_study_uid, project, study_uid)
         return await service.store(request, project, accept=in_study(expected))
 
     add_stow_routes(

@@ -53,13 +53,13 @@ from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keywor
 from app.auth.http import require
 from app.auth.roles import Role, Scope
 from app.config import Settings
+from app.dicomweb.accept import DICOM_JSON, NotAcceptable, negotiate_metadata, parse_accept
 from app.dicomweb.public_base import public_base
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.store import search as store_search
 from app.store.index import index_engine
 from app.store.search import KEYS, Level, Page, Query, QueryError, Row
 
-DICOM_JSON = "application/dicom+json"
 SERVICE = "imaging-depot"
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 5000
@@ -73,7 +73,6 @@ _UNSUPPORTED = {
     "Multiple Value Matching has not been performed.",
 }
 _SEQUENCE_KEYS = {"00400275": "RequestAttributesSequence"}
-_ACCEPTED = ("application/dicom+json", "application/json", "application/*", "*/*")
 
 READER = require(Role.researcher, Role.data_manager, Role.compute, scope=Scope.dicomweb_read)
 
@@ -399,15 +398,14 @@ def _path_uid(keyword: str, uid: str | None) -> str | None:
 
 
 def _check_accept(request: Request) -> None:
-    accept = request.headers.get("accept")
-    if not accept:
-        return
-    types = [item.split(";", 1)[0].strip().lower() for item in accept.split(",")]
-    if not any(t in _ACCEPTED for t in types):
+    """The Accept rule of WADO-RS metadata (`accept.negotiate_metadata`), 406 otherwise."""
+    try:
+        negotiate_metadata(parse_accept(request.headers.get("accept")))
+    except NotAcceptable as exc:
         raise HTTPException(
             status.HTTP_406_NOT_ACCEPTABLE,
             detail="search results are available as application/dicom+json only",
-        )
+        ) from exc
 
 
 # --- the routes ------------------------------------------------------------------------------
@@ -441,24 +439,17 @@ _PARAMETERS = [
     {"name": "fuzzymatching", "in": "query", "required": False, "schema": {"type": "boolean"}},
 ]  # fmt: skip
 
-_RESOURCES = {
-    "/studies": Resource(Level.STUDY),
-    "/studies/{study_uid}/series": Resource(Level.SERIES, study_in_path=True),
-    "/series": Resource(Level.SERIES),
-    "/studies/{study_uid}/series/{series_uid}/instances": Resource(
-        Level.INSTANCE, study_in_path=True, series_in_path=True
-    ),
-    "/studies/{study_uid}/instances": Resource(Level.INSTANCE, study_in_path=True),
-    "/instances": Resource(Level.INSTANCE),
-}
-_NAMES = {
-    "/studies": "qido_studies",
-    "/studies/{study_uid}/series": "qido_study_series",
-    "/series": "qido_series",
-    "/studies/{study_uid}/series/{series_uid}/instances": "qido_series_instances",
-    "/studies/{study_uid}/instances": "qido_study_instances",
-    "/instances": "qido_instances",
-}
+_RESOURCES = (  # path under /projects/{project_id}/dicom-web, route name, resource
+    ("/studies", "qido_studies", Resource(Level.STUDY)),
+    ("/studies/{study_uid}/series", "qido_study_series",
+     Resource(Level.SERIES, study_in_path=True)),
+    ("/series", "qido_series", Resource(Level.SERIES)),
+    ("/studies/{study_uid}/series/{series_uid}/instances", "qido_series_instances",
+     Resource(Level.INSTANCE, study_in_path=True, series_in_path=True)),
+    ("/studies/{study_uid}/instances", "qido_study_instances",
+     Resource(Level.INSTANCE, study_in_path=True)),
+    ("/instances", "qido_instances", Resource(Level.INSTANCE)),
+)  # fmt: skip
 
 
 def qido_router(settings: Settings) -> APIRouter:
@@ -504,7 +495,7 @@ def qido_router(settings: Settings) -> APIRouter:
 
         return everywhere
 
-    for suffix, resource in _RESOURCES.items():
+    for suffix, name, resource in _RESOURCES:
         router.add_api_route(
             "/projects/{project_id}/dicom-web" + suffix,
             endpoint(resource),
@@ -513,6 +504,6 @@ def qido_router(settings: Settings) -> APIRouter:
             response_class=Response,
             responses=_RESPONSES,
             openapi_extra={"parameters": _PARAMETERS},
-            name=_NAMES[suffix],
+            name=name,
         )
     return router

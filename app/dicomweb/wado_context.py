@@ -35,6 +35,7 @@ from app.dicom.frames import (
     parse_frame_list,
     read_frame,
     read_instance_header,
+    to_little_endian,
 )
 from app.dicom.multipart import Part, content_type, new_boundary, write_parts
 from app.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
@@ -221,6 +222,15 @@ def range_chunks(blobs: BlobStore, key: str, start: int, end: int) -> Iterator[b
             raise FrameError("the stored pixel data is truncated")
         yield data
         position += len(data)
+
+
+def native_pixel_chunks(
+    blobs: BlobStore, instance: Instance, layout: PixelLayout
+) -> Iterator[bytes]:
+    """Native pixel data streamed by range, big endian swapped to little endian."""
+    end = layout.value_start + (layout.value_length or 0)
+    for piece in range_chunks(blobs, instance.blob_key, layout.value_start, end):
+        yield to_little_endian(piece, layout.swap_word)
 
 
 def frame_sources(

@@ -20,14 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from app import telemetry
-from app.dicom.frames import (
-    DecodeError,
-    PixelLayout,
-    big_endian_word,
-    decode_frame,
-    native_bytes,
-    to_little_endian,
-)
+from app.dicom.frames import DecodeError, PixelLayout, decode_frame, native_bytes
 from app.dicom.multipart import Part
 from app.dicom.part10 import encode_dataset, encode_file_meta
 from app.dicomweb.accept import (
@@ -51,7 +44,7 @@ from app.dicomweb.wado_context import (
     find_instances,
     frame_sources,
     multipart,
-    range_chunks,
+    native_pixel_chunks,
     read_header,
     threaded,
 )
@@ -120,11 +113,8 @@ def _converted_chunks(blobs: BlobStore, instance: Instance) -> Iterator[bytes]:
     native = stored in (str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
     if native and layout.value_length is not None:
         # Native pixels need no decoding: copied (Implicit VR LE), or swapped per word (BE).
-        end = layout.value_start + layout.value_length
-        word = 1 if layout.little_endian else big_endian_word(layout.vr, layout.bits_allocated)
         yield _explicit_header(header.dataset, instance, layout, layout.value_length, None)
-        for piece in range_chunks(blobs, instance.blob_key, layout.value_start, end):
-            yield to_little_endian(piece, word)
+        yield from native_pixel_chunks(blobs, instance, layout)
         return
     frame_length = layout.rows * layout.columns * layout.samples * layout.bits_allocated // 8
     total = frame_length * layout.frames

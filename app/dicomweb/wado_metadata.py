@@ -175,9 +175,10 @@ def _series_document(
 # --- ETag and response --------------------------------------------------------------------------
 
 
-def _etag(parts: Iterable[str], base: str, gzipped: bool) -> str:
+def _etags(parts: Iterable[str], base: str) -> tuple[str, str]:
+    """The strong ETags of the identity and the gzip encoding of one answer."""
     digest = hashlib.sha256("\n".join([*parts, base]).encode()).hexdigest()[:40]
-    return f'"{digest}{"-gz" if gzipped else ""}"'
+    return f'"{digest}"', f'"{digest}-gz"'
 
 
 def _matches(if_none_match: str | None, etags: Iterable[str]) -> bool:
@@ -196,13 +197,12 @@ def _metadata_response(
     The caller has negotiated the media type (`_negotiate`) already.
     """
     gzipped = accepts_gzip(request.headers.get("accept-encoding"))
-    etag = _etag(tags, base, gzipped)
+    variants = _etags(tags, base)
     headers = {
-        "ETag": etag,
+        "ETag": variants[gzipped],
         "Vary": "Accept, Accept-Encoding",
         "Cache-Control": "private, no-cache",
     }
-    variants = (_etag(tags, base, False), _etag(tags, base, True))
     if _matches(request.headers.get("if-none-match"), variants):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     body = _absolute(chunks(), base)
@@ -227,8 +227,8 @@ def metadata_routes(ctx: WadoContext) -> list[Route]:
     ) -> Response:
         index, blobs = ctx.index, ctx.blobs
         rows = find_series(index, project_id, study_uid, series_uid)
+        _negotiate(request)  # before any document is rebuilt for an answer that cannot be sent
         documents = [_series_document(index, blobs, project_id, s) for s in rows]
-        _negotiate(request)
 
         def chunks() -> Iterable[bytes]:
             if len(documents) == 1:

@@ -15,7 +15,7 @@ the way out (8.7.3: big endian is not sent).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -53,9 +53,9 @@ from app.dicomweb.wado_context import (
     frame_numbers,
     frame_sources,
     multipart,
+    native_pixel_chunks,
     not_found,
     one_part,
-    range_chunks,
     read_header,
     threaded,
 )
@@ -73,8 +73,8 @@ def _frame_body(
     if choice.decode:
         array, _ = decode_frame(ds, layout, data)
         return native_bytes(array, layout.bits_allocated)
-    if not layout.encapsulated and not layout.little_endian:
-        return to_little_endian(data, big_endian_word(layout.vr, layout.bits_allocated))
+    if not layout.encapsulated:
+        return to_little_endian(data, layout.swap_word)
     return data
 
 
@@ -180,11 +180,10 @@ def pixel_routes(ctx: WadoContext) -> list[Route]:
         url = instance_url(ctx.base_of(request), project_id, study_uid, series_uid, sop_uid)
         location = f"{url}/bulk/{bulk_path}"
         layout = header.layout
-        pixel = layout is not None and "." not in bulk_path and int(bulk_path, 16) == layout.tag
-        if pixel and layout is not None:
-            numbers = list(range(1, layout.frames + 1))
+        if layout is not None and "." not in bulk_path and int(bulk_path, 16) == layout.tag:
             if not layout.encapsulated:
                 return native_pixel_bulk(request, instance, layout, location)
+            numbers = list(range(1, layout.frames + 1))
             return pixel_response(request, instance, header, numbers, lambda n: location)
         value = _bulk_value(header.dataset, bulk_path)
         if value is None:
@@ -200,21 +199,11 @@ def pixel_routes(ctx: WadoContext) -> list[Route]:
         """Native pixel data: the whole value streamed by range (big endian swapped)."""
         accept = accept_of(request)
         single, choice = negotiate_pixels(accept, layout, single_allowed=True)
-        length = layout.value_length or 0
-        blobs = ctx.blobs
-
-        def chunks() -> Iterator[bytes]:
-            pieces = range_chunks(
-                blobs, instance.blob_key, layout.value_start, layout.value_start + length
-            )
-            word = 1 if layout.little_endian else big_endian_word(layout.vr, layout.bits_allocated)
-            for piece in pieces:
-                yield to_little_endian(piece, word)
-
+        chunks = threaded(native_pixel_chunks(ctx.blobs, instance, layout))
         if single:
-            return StreamingResponse(threaded(chunks()), media_type=choice.content_type)
+            return StreamingResponse(chunks, media_type=choice.content_type)
         headers = {"Content-Type": choice.content_type, "Content-Location": location}
-        return one_part(headers, threaded(chunks()), OCTETS, EXPLICIT_LE)
+        return one_part(headers, chunks, OCTETS, EXPLICIT_LE)
 
     return [
         (f"{INSTANCE}/frames/{{frame_list}}", retrieve_frames, "wado_frames"),

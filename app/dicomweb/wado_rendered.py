@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.dicom.frames import check_frames, decode_frame
+from app.dicom.frames import decode_frame
 from app.dicomweb.accept import NotAcceptable, negotiate_rendered
 from app.dicomweb.rendered import (
     THUMBNAIL_SIZE,
@@ -66,7 +66,6 @@ def render(blobs: BlobStore, instance: Instance, number: int, rendering: Renderi
     layout = header.layout
     if layout is None:
         raise NotAcceptable("this instance has no pixel data that can be rendered")
-    check_frames(layout, [number])
     [(_, source)] = list(frame_sources(blobs, instance, layout, header.dataset, [number]))
     array, photometric = decode_frame(header.dataset, layout, source())
     if array.ndim == 3 and array.shape[-1] not in (1, 3):

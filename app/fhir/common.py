@@ -38,6 +38,7 @@ _DATE = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
+_FHIR_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
 _ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
                 405: "not-supported", 406: "not-supported", 410: "deleted",
                 412: "conflict", 413: "too-costly", 422: "processing"}  # fmt: skip
@@ -233,6 +234,11 @@ def parse_offset(values: Sequence[str]) -> int:
     return int(values[-1])
 
 
+def is_fhir_id(value: str) -> bool:
+    """A FHIR resource id: 1 to 64 letters, digits, '-' and '.'."""
+    return _FHIR_ID.fullmatch(value) is not None
+
+
 def check_known(items: Iterable[tuple[str, str]], known: Iterable[str]) -> None:
     """Unknown parameters are refused (the issue asks for 400, not FHIR's lenient ignore)."""
     allowed = set(known)
@@ -274,6 +280,18 @@ def searchset(
 
 def entry(full_url: str, resource: dict, mode: str = "match") -> dict:
     return {"fullUrl": full_url, "resource": resource, "search": {"mode": mode}}
+
+
+def offset_links(
+    items: Sequence[tuple[str, str]], offset: int, count: int, total: int
+) -> tuple[list[tuple[str, str]] | None, list[tuple[str, str]] | None]:
+    """The queries of the `next` and `previous` pages of an `_offset`-paged search (the query
+    as given, `_offset` moved), for `searchset`; None where there is no such page."""
+    kept = [(k, v) for k, v in items if k != "_offset"]
+    following = offset + count
+    next_items = [*kept, ("_offset", str(following))] if following < total else None
+    previous_items = [*kept, ("_offset", str(max(0, offset - count)))] if offset else None
+    return next_items, previous_items
 
 
 def _with_query(url: str, items: Sequence[tuple[str, str]]) -> str:

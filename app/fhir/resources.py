@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Iterable, Sequence
 
 import orjson
 
 from app.fhir.body_site import body_site
-from app.fhir.common import PSEUDED, instant
+from app.fhir.common import PSEUDED, instant, is_fhir_id
 from app.provenance import DERIVATION
 from app.pseudo.profile import TABLE_EDITION
 from app.store.models import Instance, ProvenanceRecord, Series, Study
@@ -32,7 +31,6 @@ CHANGE_SUMMARY = f"{CANONICAL}/StructureDefinition/depot-change-summary"
 PSEUDONYMIZATION_POLICY = "https://w3id.org/imaging-depot/pseudonymization"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ENDPOINT_ID = "dicomweb"
-_FHIR_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 
 
 def patient_system(project_id: str) -> str:
@@ -43,7 +41,7 @@ def patient_system(project_id: str) -> str:
 
 def patient_id(pseudonym: str) -> str:
     """A FHIR id for a pseudonym: itself when it fits (ours do), else a digest of it."""
-    if _FHIR_ID.match(pseudonym):
+    if is_fhir_id(pseudonym):
         return pseudonym
     return "p-" + hashlib.sha256(pseudonym.encode()).hexdigest()[:40]
 
@@ -81,14 +79,8 @@ def _modality(code: str) -> dict:
     return {"system": DCM, "code": code}
 
 
-def imaging_study(
-    project_id: str,
-    study: Study,
-    series: Sequence[Series],
-    instances: Iterable[Instance],
-    base: str,
-) -> dict:
-    """The ImagingStudy of a stored study; `base` is the project's FHIR base URL."""
+def imaging_study(study: Study, series: Sequence[Series], instances: Iterable[Instance]) -> dict:
+    """The ImagingStudy of a stored study (its references are relative: no base URL)."""
     by_series: dict[str, list[Instance]] = {}
     for instance in instances:
         by_series.setdefault(instance.series_uid, []).append(instance)

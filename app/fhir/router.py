@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -35,6 +35,7 @@ from app.fhir.common import (
     fhir_response,
     instant,
     json_only,
+    offset_links,
     operation_outcome,
     read_response,
     searchset,
@@ -51,6 +52,7 @@ PROVENANCE_READER = require(
 ANY_MEMBER = require(
     Role.researcher, Role.data_manager, Role.auditor, Role.compute, scope=Scope.fhir_read
 )
+_UID_CHUNK = 10_000  # study UIDs bound in one statement (PostgreSQL takes 65535 parameters)
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED"}  # fmt: skip
 _RESPONSES: dict[int | str, dict] = {
@@ -72,7 +74,7 @@ class Context:
         root = f"{public_base(request, settings.public_url)}/projects/{project_id}"
         self.base = f"{root}/fhir"
         self.dicomweb = f"{root}/dicom-web"
-        self.custodian = getattr(settings, "site_name", "") or "imaging-depot"
+        self.custodian = settings.site_name or "imaging-depot"
 
     def allowed(self, study_uid: str) -> bool:
         studies = self.principal.studies
@@ -117,23 +119,16 @@ def fhir_router(settings: Settings) -> APIRouter:
         entries = []
         for study in page.studies:
             resource = build.imaging_study(
-                project_id, study, page.series.get(study.study_uid, []),
-                page.instances.get(study.study_uid, []), ctx.base,
-            )  # fmt: skip
+                study, page.series.get(study.study_uid, []), page.instances.get(study.study_uid, [])
+            )
             resource = _subset(resource, search)
             entries.append(entry(f"{ctx.base}/ImagingStudy/{study.study_uid}", resource))
         entries += _included(ctx, search, page.studies)
-        url = f"{ctx.base}/ImagingStudy"
-        kept = [(k, v) for k, v in items if k != "_offset"]
-        following = search.offset + search.count
-        more = search.summary != "count" and following < page.total
+        links = offset_links(items, search.offset, search.count, page.total)
+        next_items, previous_items = (None, None) if search.summary == "count" else links
         bundle = searchset(
-            url=url, items=items, entries=entries, total=page.total,
-            next_items=[*kept, ("_offset", str(following))] if more else None,
-            previous_items=(
-                [*kept, ("_offset", str(max(0, search.offset - search.count)))]
-                if search.offset and search.summary != "count" else None
-            ),
+            url=f"{ctx.base}/ImagingStudy", items=items, entries=entries, total=page.total,
+            next_items=next_items, previous_items=previous_items,
         )  # fmt: skip
         return fhir_response(bundle)
 
@@ -171,7 +166,8 @@ def fhir_router(settings: Settings) -> APIRouter:
     def patient_read(request: Request, project_id: str, patient_id: str) -> Response:
         """Read a pseudonymous Patient."""
         ctx = context(request, project_id)
-        for pseudonym, updated in _patients(ctx):
+        digest = patient_id.startswith("p-")  # an odd pseudonym's id: look through them all
+        for pseudonym, updated in _patients(ctx, None if digest else [patient_id]):
             if build.patient_id(pseudonym) == patient_id:
                 return read_response(request, build.patient(project_id, pseudonym, updated))
         raise not_found()
@@ -203,11 +199,9 @@ def fhir_router(settings: Settings) -> APIRouter:
         items = list(request.query_params.multi_items())
         groups, count, offset = fs.parse_simple(items, fs.PROVENANCE_PARAMS)
         chosen = []
-        for record in records_of_project(ctx.engine, project_id):
-            resource = _provenance_resource(ctx, record)
-            if resource is None:
-                continue
-            if "_id" in groups and not fs.matches_all("_id", groups["_id"], record.id.__eq__, str):
+        for resource in _provenances(ctx, records_of_project(ctx.engine, project_id)):
+            ident = resource["id"]
+            if "_id" in groups and not fs.matches_all("_id", groups["_id"], ident.__eq__, str):
                 continue
             targets = {t["reference"].split("/", 1)[1] for t in resource["target"]}
             if "target" in groups and not fs.matches_all(
@@ -222,10 +216,10 @@ def fhir_router(settings: Settings) -> APIRouter:
         """Read the Provenance of one ingest batch."""
         ctx = context(request, project_id)
         record = get_record(ctx.engine, project_id, provenance_id)
-        resource = _provenance_resource(ctx, record) if record is not None else None
-        if resource is None:
+        found = _provenances(ctx, [record]) if record is not None else []
+        if not found:
             raise not_found()
-        return read_response(request, resource)
+        return read_response(request, found[0])
 
     # --- metadata ---------------------------------------------------------------------------
 
@@ -284,14 +278,15 @@ def _study_resource(ctx: Context, study_uid: str) -> dict | None:
     if study is None:
         return None
     series, instances = fs.load_children(ctx.engine, ctx.project_id, [study_uid])
-    return build.imaging_study(
-        ctx.project_id, study, series.get(study_uid, []), instances.get(study_uid, []), ctx.base
-    )
+    return build.imaging_study(study, series.get(study_uid, []), instances.get(study_uid, []))
 
 
-def _patients(ctx: Context) -> list[tuple[str, dt.datetime]]:
-    """The project's pseudonyms (within a grant's studies) and when each last changed."""
+def _patients(ctx: Context, only: Sequence[str] | None = None) -> list[tuple[str, dt.datetime]]:
+    """The project's pseudonyms (within a grant's studies; `only` these, if given) and when
+    each last changed."""
     conditions = [Study.project_id == ctx.project_id, Study.patient_id.is_not(None)]
+    if only is not None:
+        conditions.append(Study.patient_id.in_(list(only)))
     if ctx.principal.studies is not None:
         conditions.append(Study.study_uid.in_(sorted(ctx.principal.studies)))
     with Session(ctx.engine) as session:
@@ -304,23 +299,28 @@ def _patients(ctx: Context) -> list[tuple[str, dt.datetime]]:
         return [(p, u) for p, u in session.exec(query) if p]
 
 
-def _provenance_resource(ctx: Context, record: ProvenanceRecord) -> dict | None:
-    """None when none of its studies is still there (or visible to a grant)."""
-    targets = sorted(
-        uid
-        for uid in existing_studies(ctx.engine, ctx.project_id, record.studies)
-        if ctx.allowed(uid)
-    )
-    if not targets:
-        return None
-    return build.provenance(record, targets, ctx.custodian)
+def _provenances(ctx: Context, records: Sequence[ProvenanceRecord]) -> list[dict]:
+    """The records' Provenance resources, targeting those of their studies still in the index
+    (and visible to a grant); a record left with none is left out. The index is asked once
+    for all the records (per _UID_CHUNK studies), not once per record."""
+    wanted = sorted({uid for record in records for uid in record.studies if ctx.allowed(uid)})
+    present: set[str] = set()
+    for start in range(0, len(wanted), _UID_CHUNK):
+        chunk = wanted[start : start + _UID_CHUNK]
+        present |= existing_studies(ctx.engine, ctx.project_id, chunk)
+    found = []
+    for record in records:
+        targets = sorted(present.intersection(record.studies))
+        if targets:
+            found.append(build.provenance(record, targets, ctx.custodian))
+    return found
 
 
 def _included(ctx: Context, search: fs.StudySearch, studies: list[Study]) -> list[dict]:
     found = []
     if "subject" in search.includes:
         pseudonyms = sorted({s.patient_id for s in studies if s.patient_id})
-        updated = dict(_patients(ctx))
+        updated = dict(_patients(ctx, pseudonyms))
         for pseudonym in pseudonyms:
             resource = build.patient(ctx.project_id, pseudonym, updated.get(pseudonym))
             found.append(entry(f"{ctx.base}/Patient/{resource['id']}", resource, "include"))
@@ -329,12 +329,10 @@ def _included(ctx: Context, search: fs.StudySearch, studies: list[Study]) -> lis
         found.append(entry(f"{ctx.base}/Endpoint/{resource['id']}", resource, "include"))
     if "Provenance:target" in search.revincludes and studies:
         uids = {s.study_uid for s in studies}
-        for record in records_of_project(ctx.engine, ctx.project_id):
-            if uids.intersection(record.studies):
-                resource = _provenance_resource(ctx, record)
-                if resource is not None:
-                    url = f"{ctx.base}/Provenance/{record.id}"
-                    found.append(entry(url, resource, "include"))
+        records = records_of_project(ctx.engine, ctx.project_id)
+        for resource in _provenances(ctx, [r for r in records if uids.intersection(r.studies)]):
+            url = f"{ctx.base}/Provenance/{resource['id']}"
+            found.append(entry(url, resource, "include"))
     return found
 
 
@@ -342,13 +340,10 @@ def _simple_bundle(
     ctx: Context, kind: str, items: list[tuple[str, str]], chosen: list[dict], count: int,
     offset: int,
 ) -> Response:  # fmt: skip
-    page = chosen[offset : offset + count]
-    kept = [(k, v) for k, v in items if k != "_offset"]
-    following = offset + count
+    next_items, _ = offset_links(items, offset, count, len(chosen))
     bundle = searchset(
-        url=f"{ctx.base}/{kind}", items=items, total=len(chosen),
-        entries=[entry(f"{ctx.base}/{kind}/{r['id']}", r) for r in page],
-        next_items=[*kept, ("_offset", str(following))] if following < len(chosen) else None,
+        url=f"{ctx.base}/{kind}", items=items, total=len(chosen), next_items=next_items,
+        entries=[entry(f"{ctx.base}/{kind}/{r['id']}", r) for r in chosen[offset : offset + count]],
     )  # fmt: skip
     return fhir_response(bundle)
 

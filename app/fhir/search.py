@@ -17,11 +17,12 @@ from sqlalchemy import Engine, and_, exists, false, or_
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, func, select
 
-from app.fhir.body_site import body_site
+from app.fhir.body_site import SNOMED, body_site
 from app.fhir.common import (
     DateParam,
     SearchError,
     check_known,
+    is_fhir_id,
     parse_count,
     parse_date,
     parse_offset,
@@ -29,7 +30,6 @@ from app.fhir.common import (
 from app.fhir.resources import DCM, ENDPOINT_ID, patient_id
 from app.store.models import Instance, Series, Study
 
-SNOMED = "http://snomed.info/sct"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -109,7 +109,7 @@ def uid_value(name: str, value: str) -> str:
 
 def reference_id(name: str, value: str, kind: str) -> str:
     ident = value.removeprefix(f"{kind}/")
-    if "/" in ident or not re.fullmatch(r"[A-Za-z0-9.-]{1,64}", ident):
+    if not is_fhir_id(ident):
         raise SearchError(f"{name}: expected {kind}/<id>")
     return ident
 

@@ -31,6 +31,7 @@ from app.pseudo.engine import (
     TEXT_VRS,
     DeidentificationError,
     InstanceResult,
+    _first,
     _strings,
     _vr_of,
     clean_text_element,
@@ -118,12 +119,8 @@ class DerivedCleaner:
         known = self._study_patient(study_uid)
         if known is None:
             raise NotAttached(f"the object's study is not in this project: {_USE_INGEST}")
-
-        def first(tag: int) -> str:
-            values = _strings(ds, tag) if tag in ds else []
-            return values[0].strip() if values else ""
-
-        patient_id, name, birth = first(0x00100020), first(0x00100010), first(0x00100030)
+        patient_id = _first(ds, 0x00100020)
+        name, birth = _first(ds, 0x00100010), _first(ds, 0x00100030)
         if (
             patient_id != known.patient_id
             or (name and name != known.patient_name)

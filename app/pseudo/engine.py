@@ -122,6 +122,12 @@ def _strings(ds: Dataset, tag) -> list[str]:
     return _str_values(elem)
 
 
+def _first(ds: Dataset, tag: int) -> str:
+    """An element's first value, stripped; "" when it is absent or empty."""
+    values = _strings(ds, tag) if tag in ds else []
+    return values[0].strip() if values else ""
+
+
 def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
     """Store new string values, as raw bytes in the dataset's encoding when they are ASCII.
 
@@ -202,18 +208,14 @@ class Deidentifier:
         return mapped
 
     def _patient(self, ds: Dataset) -> tuple[_Patient, dict[str, str]]:
-        def first(tag: int) -> str:
-            values = _strings(ds, tag) if tag in ds else []
-            return values[0].strip() if values else ""
-
-        patient_id, issuer = first(0x00100020), first(0x00100021)
-        name, birth = first(0x00100010), first(0x00100030)
+        patient_id, issuer = _first(ds, 0x00100020), _first(ds, 0x00100021)
+        name, birth = _first(ds, 0x00100010), _first(ds, 0x00100030)
         if patient_id:
             key = f"id\x1f{issuer}\x1f{patient_id}"
         elif name:
             key = f"name\x1f{name.upper()}\x1f{birth}"
         else:  # nothing names the patient: one pseudonymous patient per study
-            key = f"study\x1f{first(0x0020000D)}"
+            key = f"study\x1f{_first(ds, 0x0020000D)}"
         linkage = {"PatientID": patient_id, "IssuerOfPatientID": issuer}
         names = [v for t in _PATIENT_NAME_TAGS if t in ds for v in _strings(ds, t)]
         ids = [v for t in _PATIENT_ID_TAGS if t in ds for v in _strings(ds, t)]

@@ -30,8 +30,9 @@ Format, version 1 (integers big-endian):
   Wrong bytes are never returned.
 - Sizes need no read: with S the stored size, N = ceil((S - 32) / (C + 16)) and the plaintext
   size is P = S - 32 - 16 N. A range read computes its chunks from S (cached per blob with its
-  header: no plaintext), `size()` returns P. Reads that return nothing past the end check
-  the last chunk, so a cut tail cannot pass for a shorter blob.
+  header when it is written or first read: no plaintext), `size()` returns P. Reads that
+  return nothing past the end check the last chunk, so a cut tail cannot pass for a shorter
+  blob.
 - Legacy blobs: one that does not start with the magic is plaintext (written before
   encryption was enabled, or with `DEPOT_ENCRYPTION_AT_REST=false`) and read as it is. The
   depot's blobs never start with it: its Part 10 files start with a zeroed 128-byte preamble,
@@ -70,7 +71,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
-from app.store.blobs import BlobStore, BlobStoreError, blob_store_from_settings
+from app.store.blobs import BlobStore, BlobStoreError, _check_range, blob_store_from_settings
 from app.vault.errors import ProjectKeyMissing, VaultError
 
 if TYPE_CHECKING:
@@ -196,13 +197,10 @@ class VaultDataKeys:
     def for_read(self, project: str) -> DataKey:
         return self._get(project, create=False)
 
-    def forget(self, project: str | None = None) -> None:
-        """Drop the cached key of `project` (of every project when None)."""
+    def forget(self, project: str) -> None:
+        """Drop the cached key of `project`."""
         with self._lock:
-            if project is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(project, None)
+            self._cache.pop(project, None)
 
     def _get(self, project: str, *, create: bool) -> DataKey:
         cached = self._cache.get(project)
@@ -344,8 +342,8 @@ class _Seal:
     def __init__(self, key: str, data_key: DataKey, chunk: int) -> None:
         salt = os.urandom(_SALT_SIZE)
         self.header = _HEADER.pack(MAGIC, VERSION, b"\0\0\0", chunk, salt)
-        self._cipher = data_key.blob_cipher(salt)
-        self._key = key.encode()
+        self.cipher = data_key.blob_cipher(salt)
+        self.key = key.encode()
         self._chunk = chunk
         self._index = 0
         self.count = 0
@@ -353,8 +351,8 @@ class _Seal:
     def _seal(self, data: bytes | memoryview, last: bool) -> bytes:
         index = self._index
         self._index += 1
-        aad = _aad(self.header, index, last, self._key)
-        return self._cipher.encrypt(_NONCE.pack(index), data, aad)
+        aad = _aad(self.header, index, last, self.key)
+        return self.cipher.encrypt(_NONCE.pack(index), data, aad)
 
     def chunks(self, plaintext: Iterable[bytes]) -> Iterator[bytes]:
         """The header, then each chunk sealed once the next byte shows it is not the last."""
@@ -445,7 +443,25 @@ def _readinto_full(stream: BinaryIO, view: memoryview) -> int:
     return got
 
 
-class _Opened(io.RawIOBase):
+class _Over(io.RawIOBase):
+    """A readable stream over a stored one, which it closes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._stream.close()
+            finally:
+                super().close()
+
+
+class _Opened(_Over):
     """A sealed blob's plaintext as a stream: chunks read and decrypted as they are asked for.
 
     The blob's layout is known before the first read (its stored size: the open file's, or
@@ -454,17 +470,13 @@ class _Opened(io.RawIOBase):
     """
 
     def __init__(self, stream: BinaryIO, name: str, sealed: _Sealed) -> None:
-        super().__init__()
-        self._stream = stream
+        super().__init__(stream)
         self._name = name
         self._sealed = sealed
         self._index = 0  # the next chunk in the stored stream
         self._carry = b""  # the rest of a chunk read in part
         self._position = 0
         self._checked_end = False
-
-    def readable(self) -> bool:
-        return True
 
     def seekable(self) -> bool:
         return self._stream.seekable()
@@ -560,24 +572,13 @@ class _Opened(io.RawIOBase):
             self._carry = self._carry[skip:]
         return target
 
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._stream.close()
-            finally:
-                super().close()
 
-
-class _Prefixed(io.RawIOBase):
+class _Prefixed(_Over):
     """A plaintext blob whose first bytes were already read to look for the magic."""
 
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        super().__init__()
+        super().__init__(stream)
         self._head = memoryview(head)
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         if self._head:
@@ -586,13 +587,6 @@ class _Prefixed(io.RawIOBase):
             self._head = self._head[count:]
             return count
         return self._stream.readinto(buffer)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._stream.close()
-            finally:
-                super().close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,9 +658,17 @@ class EncryptedBlobStore:
     ) -> int:
         seal = _Seal(key, data_key, self._chunk)
         try:
-            self.inner.put(key, seal.chunks(chunks), content_type=content_type)
-        finally:
+            stored = self.inner.put(key, seal.chunks(chunks), content_type=content_type)
+        except BaseException:
             self._forget(key)
+            raise
+        # The writer knows the layout: the read that usually follows (an ingest's series
+        # metadata, a retrieval) goes straight to its chunks, no header or size asked again.
+        count, size = _layout(key, self._chunk, stored)
+        written = _Sealed(
+            seal.header, seal.key, self._chunk, stored, count, size, seal.cipher, data_key
+        )
+        self._remember(key, written)
         return seal.count
 
     # -- reading ---------------------------------------------------------------------------
@@ -686,8 +688,8 @@ class EncryptedBlobStore:
             sealed = self._cached(key, project)
             if (
                 sealed is None
-                or sealed.header != head[:HEADER_SIZE]
-                or sealed.stored != (stored if stored is not None else sealed.stored)
+                or sealed.header != head
+                or (stored is not None and sealed.stored != stored)
             ):
                 sealed = self._describe(key, project, head, stored)
             return _Opened(stream, key, sealed)  # type: ignore[return-value]
@@ -697,8 +699,7 @@ class EncryptedBlobStore:
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Plaintext bytes [start, end): only the chunks covering them are read and opened."""
-        if start < 0 or end < start:
-            raise ValueError(f"invalid byte range [{start}, {end})")
+        _check_range(start, end)
         project = project_of(key)
         sealed = self._cached(key, project)
         if sealed is not None:
@@ -706,15 +707,10 @@ class EncryptedBlobStore:
                 return self._read_sealed(key, sealed, start, end)
             except BlobIntegrityError:
                 self._forget(key)  # replaced since it was described? Look again, once.
-        if start == 0:  # a header read: one request for a plaintext blob
-            data = self.inner.read_range(key, 0, max(end, HEADER_SIZE))
-            if not _looks_sealed(data):
-                return data[:end]
-            head = data[:HEADER_SIZE]
-        else:
-            head = self.inner.read_range(key, 0, HEADER_SIZE)
-            if not _looks_sealed(head):
-                return self.inner.read_range(key, start, end)
+        # From 0 (a header read), one request serves a plaintext blob whole.
+        head = self.inner.read_range(key, 0, max(end, HEADER_SIZE) if start == 0 else HEADER_SIZE)
+        if not _looks_sealed(head):
+            return head[:end] if start == 0 else self.inner.read_range(key, start, end)
         return self._read_sealed(key, self._describe(key, project, head), start, end)
 
     def size(self, key: str) -> int:
@@ -768,11 +764,15 @@ class EncryptedBlobStore:
             head[:HEADER_SIZE], key.encode(), chunk, stored, count, size,
             data_key.blob_cipher(salt), data_key,
         )  # fmt: skip
+        self._remember(key, sealed)
+        return sealed
+
+    def _remember(self, key: str, sealed: _Sealed) -> None:
         with self._lock:
             self._sealed[key] = sealed
+            self._sealed.move_to_end(key)
             while len(self._sealed) > _CACHED_BLOBS:
                 self._sealed.popitem(last=False)
-        return sealed
 
     def _cached(self, key: str, project: str) -> _Sealed | None:
         with self._lock:
@@ -846,19 +846,13 @@ def project_blob_store(settings: Settings, vault: Vault | None = None) -> Encryp
     `vault` shares an open one; without it the store opens its own from the settings on the
     first sealed blob it meets (so a store that never meets one never connects).
     """
-    inner = blob_store_from_settings(settings)
-    if vault is not None:
-        shared = vault
 
-        def open_vault() -> Vault:
-            return shared
+    def open_vault() -> Vault:
+        if vault is not None:
+            return vault
+        from app.vault import Vault  # the vault's database only when a key is needed
 
-    else:
-
-        def open_vault() -> Vault:
-            from app.vault import Vault  # the vault's database only when a key is needed
-
-            return Vault.from_settings(settings)
+        return Vault.from_settings(settings)
 
     keys = VaultDataKeys(open_vault, encrypt=settings.encryption_at_rest)
-    return EncryptedBlobStore(inner, keys)
+    return EncryptedBlobStore(blob_store_from_settings(settings), keys)

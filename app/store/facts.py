@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from app.dicom.json_model import to_dicom_json
 from app.dicom.scan import read_header
@@ -118,21 +118,21 @@ def _uid(attribute: dict[str, Any] | None, what: str) -> str:
     return value
 
 
-def _digest(path: Path) -> tuple[int, str]:
+def _digest(fp: BinaryIO) -> tuple[int, str]:
     sha = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fp:
-        while chunk := fp.read(_HASH_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
+    while chunk := fp.read(_HASH_CHUNK):
+        sha.update(chunk)
+        size += len(chunk)
     return size, sha.hexdigest()
 
 
 def read_facts(path: Path) -> InstanceFacts:
     """Read the header of a (pseudonymized) Part 10 file and hash its bytes."""
-    size, sha256 = _digest(path)
     with open(path, "rb") as fp:
         header = read_header(fp)
+        fp.seek(0)
+        size, sha256 = _digest(fp)
     ds = header.dataset
     json = to_dicom_json(ds, include=_WANTED.__contains__)
 

@@ -20,28 +20,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-from pydicom import dcmread
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import Engine
 
 from app import telemetry
+from app.dicom.frames import read_instance_header
 from app.dicom.json_model import BulkDataUri, JsonDataset, to_dicom_json
-from app.dicom.scan import read_header
 from app.store import index_repo, layout
 from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
 from app.store.models import Instance
 
 CONTENT_TYPE = "application/gzip"
-_PIXEL_ELEMENT_HEADER = 12  # tag, VR, reserved, 4-byte length (explicit VR OB/OW/OF/OD)
-_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 _READERS = 8  # parallel header reads: S3 round trips dominate, not the CPU
 
 # The BulkDataURI callback of one instance. URLs are the routers' business (app.dicomweb.urls):
@@ -52,37 +46,18 @@ UriFor = Callable[[Instance], BulkDataUri]
 def instance_metadata(blobs: BlobStore, instance: Instance, uri_for: UriFor) -> JsonDataset:
     """One stored instance's DICOM JSON, from the bytes before its pixel data."""
     uri = uri_for(instance)
-    if instance.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        # A deflated data set has no pixel offset to stop at: read whole (rare, small files).
-        with blobs.open(instance.blob_key) as stream:
-            whole = io.BytesIO(stream.read())  # S3 streams do not seek
-        return to_dicom_json(dcmread(whole, force=True), bulkdata_uri=uri)
-    end = instance.header_length + _PIXEL_ELEMENT_HEADER
-    data = blobs.read_range(instance.blob_key, 0, min(end, instance.size))
-    header = read_header(io.BytesIO(data))
+    header = read_instance_header(
+        lambda start, end: blobs.read_range(instance.blob_key, start, end),
+        instance.header_length,
+        instance.size,
+        instance.transfer_syntax_uid,
+    )
     document = to_dicom_json(header.dataset, bulkdata_uri=uri)
-    if header.pixel_start is not None:
-        pixel = _pixel_element(data, header.pixel_start, header.dataset.original_encoding)
-        if pixel is not None:
-            tag, vr = pixel
-            document[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri(f"{tag:08X}")}
+    pixel = header.layout
+    if pixel is not None and pixel.vr in ("OB", "OW", "OF", "OD"):
+        tag = f"{pixel.tag:08X}"
+        document[tag] = {"vr": pixel.vr, "BulkDataURI": uri(tag)}
     return document
-
-
-def _pixel_element(
-    data: bytes, start: int, encoding: tuple[bool | None, bool | None]
-) -> tuple[int, str] | None:
-    """(tag, VR) of the pixel data element whose header starts at `start`."""
-    implicit, little = encoding
-    if len(data) < start + 8:
-        return None
-    group, element = struct.unpack_from("<HH" if little is not False else ">HH", data, start)
-    tag = group << 16 | element
-    if implicit:
-        vr = _IMPLICIT_PIXEL_VR.get(tag)
-    else:
-        vr = data[start + 4 : start + 6].decode("ascii", "replace")
-    return (tag, vr) if vr in ("OB", "OW", "OF", "OD") else None
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -97,23 +72,15 @@ def _readers() -> ThreadPoolExecutor:
     return _pool
 
 
-def build_series_metadata(
-    blobs: BlobStore,
-    instances: list[Instance],
-    uri_for: UriFor,
-    known: dict[str, JsonDataset] | None = None,
-) -> bytes:
-    """The series' metadata document (a JSON array, one object per instance, in order).
-
-    `known` holds documents already built, by SOP Instance UID (the previous version of the
-    series' document): only the other instances' headers are read.
-    """
-    return orjson.dumps(_documents(blobs, instances, uri_for, known or {}))
+def build_series_metadata(blobs: BlobStore, instances: list[Instance], uri_for: UriFor) -> bytes:
+    """The series' metadata document (a JSON array, one object per instance, in order)."""
+    return orjson.dumps(_documents(blobs, instances, uri_for, {}))
 
 
 def _documents(
     blobs: BlobStore, instances: list[Instance], uri_for: UriFor, known: dict[str, JsonDataset]
 ) -> list[JsonDataset]:
+    """The instances' documents; those in `known` (by SOP Instance UID) are not read again."""
     missing = [i for i in instances if i.sop_uid not in known]
     if len(missing) > 1:
         built = dict(
@@ -150,11 +117,7 @@ class _RecentSeries:
             return entry[1]
 
     def put(self, project_id: str, series_uid: str, etag: str, documents: list) -> None:
-        by_sop = {}
-        for document in documents:
-            sop = _sop_of(document)
-            if sop is not None:
-                by_sop[sop] = document
+        by_sop = _by_sop(documents)
         with self._lock:
             self._entries[(project_id, series_uid)] = (etag, by_sop)
             self._entries.move_to_end((project_id, series_uid))
@@ -165,11 +128,15 @@ class _RecentSeries:
 _recent = _RecentSeries()
 
 
-def _sop_of(document: JsonDataset) -> str | None:
-    try:
-        return document["00080018"]["Value"][0]
-    except (KeyError, IndexError, TypeError):
-        return None
+def _by_sop(documents: list[JsonDataset]) -> dict[str, JsonDataset]:
+    """The documents by their SOP Instance UID (those without one left out)."""
+    found = {}
+    for document in documents:
+        try:
+            found[document["00080018"]["Value"][0]] = document
+        except (KeyError, IndexError, TypeError):
+            continue
+    return found
 
 
 def _previous_documents(blobs: BlobStore, key: str | None) -> dict[str, JsonDataset]:
@@ -178,10 +145,9 @@ def _previous_documents(blobs: BlobStore, key: str | None) -> dict[str, JsonData
     if key is None:
         return {}
     try:
-        documents = read_series_metadata(blobs, key)
+        return _by_sop(read_series_metadata(blobs, key))
     except (BlobNotFound, BlobStoreError, OSError, ValueError):
         return {}
-    return {sop: d for d in documents if (sop := _sop_of(d)) is not None}
 
 
 def etag_of(document: bytes) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, delete, event, insert, select
+from sqlalchemy import Connection, Table, create_engine, delete, event, insert, select
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from app.config import Settings
@@ -83,12 +83,7 @@ class Vault:
     def create_project_key(self, project_id: str) -> bytes:
         """A new random 256-bit project secret, stored wrapped; refuses to replace one."""
         _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
-        key = secrets.token_bytes(KEY_BYTES)
-        row = {
-            "project_id": project_id,
-            "wrapped_key": self._sealer.seal(key, _aad_project_key(project_id)),
-            "created_at": _now(),
-        }
+        key, row = self._new_key(project_id, _aad_project_key(project_id))
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(schema.project_keys), row)
@@ -99,12 +94,7 @@ class Vault:
 
     def project_key(self, project_id: str) -> bytes:
         _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
-        with self._engine.connect() as conn:
-            wrapped = conn.scalar(
-                select(schema.project_keys.c.wrapped_key).where(
-                    schema.project_keys.c.project_id == project_id
-                )
-            )
+        wrapped = self._wrapped(schema.project_keys, project_id)
         if wrapped is None:
             raise ProjectKeyMissing(
                 f"project {project_id!r} has no key (never created or destroyed)"
@@ -149,7 +139,7 @@ class Vault:
         with the one that was inserted first. Raises ProjectKeyMissing when there is none.
         """
         _check_text(project_id, "project_id", schema.PROJECT_ID_MAX)
-        wrapped = self._wrapped_data_key(project_id)
+        wrapped = self._wrapped(schema.data_keys, project_id)
         if wrapped is None:
             if not create:
                 raise ProjectKeyMissing(
@@ -160,12 +150,7 @@ class Vault:
         return self._sealer.open(wrapped, _aad_data_key(project_id))
 
     def _create_data_key(self, project_id: str) -> bytes:
-        key = secrets.token_bytes(KEY_BYTES)
-        row = {
-            "project_id": project_id,
-            "wrapped_key": self._sealer.seal(key, _aad_data_key(project_id)),
-            "created_at": _now(),
-        }
+        key, row = self._new_key(project_id, _aad_data_key(project_id))
         try:
             with self._engine.begin() as conn:
                 if not self._project_exists(conn, project_id):
@@ -180,10 +165,16 @@ class Vault:
         log.info("vault: created data key for project %s", project_id)
         return key
 
-    def _wrapped_data_key(self, project_id: str) -> bytes | None:
-        t = schema.data_keys
+    def _new_key(self, project_id: str, aad: bytes) -> tuple[bytes, dict[str, Any]]:
+        """A new random 256-bit key, and its row: wrapped by the master key, bound by `aad`."""
+        key = secrets.token_bytes(KEY_BYTES)
+        wrapped = self._sealer.seal(key, aad)
+        return key, {"project_id": project_id, "wrapped_key": wrapped, "created_at": _now()}
+
+    def _wrapped(self, table: Table, project_id: str) -> bytes | None:
+        """A wrapped key of `table` (project keys, data keys), None when there is none."""
         with self._engine.connect() as conn:
-            return conn.scalar(select(t.c.wrapped_key).where(t.c.project_id == project_id))
+            return conn.scalar(select(table.c.wrapped_key).where(table.c.project_id == project_id))
 
     # --- linkage ------------------------------------------------------------------------
 
