@@ -7,6 +7,7 @@ Runs on both deployments (tests/research_server.py).
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from app.auth.credentials import Credentials
 from app.dicom.multipart import new_boundary
 from app.fhir.conformance import problems
 from app.store import index_repo
@@ -227,3 +229,30 @@ def test_a_derived_object_gets_a_provenance_pointing_to_its_source_series(resear
     assert post(research, [alone]).status_code == 200
     again = research.get("/projects/alpha/fhir/Provenance").json()
     assert len(again["entry"]) == len(bundle["entry"])
+
+
+def test_a_grant_sees_no_source_series_of_studies_outside_it(research, stored):
+    other = research.ingest([sample("MR_small.dcm")]).stored[0]
+    derived = derived_from(stored)
+    derived.ReferencedSeriesSequence[0].SeriesInstanceUID = other.series_uid  # another study
+    assert post(research, [derived]).status_code == 200
+
+    def derivations(who: str) -> list[dict]:
+        bundle = research.get("/projects/alpha/fhir/Provenance", who=who).json()
+        return [
+            e["resource"] for e in bundle.get("entry", [])
+            if e["resource"]["activity"]["coding"][0]["code"] == "DERIVE"
+        ]  # fmt: skip
+
+    [seen] = derivations("researcher")
+    assert seen["entity"][0]["what"]["reference"] == f"ImagingStudy/{other.study_uid}"
+    credentials = Credentials(research.settings)
+    _, research.tokens["one-study"] = credentials.issue_grant(
+        "alpha", scopes=["fhir-read"], studies=[str(stored.StudyInstanceUID)],
+        lifetime=dt.timedelta(hours=1),
+    )  # fmt: skip
+    assert derivations("one-study") == []
+    assert (
+        other.series_uid
+        not in research.get("/projects/alpha/fhir/Provenance", who="one-study").text
+    )

@@ -179,7 +179,12 @@ def endpoint(project_id: str, dicomweb_base: str) -> dict:
     return _with_version(resource)
 
 
-def provenance(record: ProvenanceRecord, targets: Sequence[str], custodian: str) -> dict:
+def provenance(
+    record: ProvenanceRecord,
+    targets: Sequence[str],
+    custodian: str,
+    sources: Sequence[dict] | None = None,
+) -> dict:
     """An ingest batch (activity PSEUD; the profile and table as policy) or a derived-object
     upload (activity DERIVE; its source series as entities) as a Provenance. Agents: the
     custodian Organization and the software Device, contained (they exist only as this
@@ -255,7 +260,7 @@ def provenance(record: ProvenanceRecord, targets: Sequence[str], custodian: str)
                     "display": "source series",
                 },
             }
-            for source in record.sources
+            for source in (record.sources if sources is None else sources)
         ]
     return _with_version(resource)
 

@@ -40,7 +40,7 @@ from app.fhir.common import (
     read_response,
     searchset,
 )
-from app.provenance import existing_studies, get_record, records_of_project
+from app.provenance import DERIVATION, existing_studies, get_record, records_of_project
 from app.store import index_repo
 from app.store.index import index_engine
 from app.store.models import ProvenanceRecord, Study
@@ -301,7 +301,8 @@ def _patients(ctx: Context, only: Sequence[str] | None = None) -> list[tuple[str
 
 def _provenances(ctx: Context, records: Sequence[ProvenanceRecord]) -> list[dict]:
     """The records' Provenance resources, targeting those of their studies still in the index
-    (and visible to a grant); a record left with none is left out. The index is asked once
+    (and visible to a grant); a record left with no target (or, for a derivation, no source
+    the grant may see) is left out. The index is asked once
     for all the records (per _UID_CHUNK studies), not once per record."""
     wanted = sorted({uid for record in records for uid in record.studies if ctx.allowed(uid)})
     present: set[str] = set()
@@ -311,8 +312,10 @@ def _provenances(ctx: Context, records: Sequence[ProvenanceRecord]) -> list[dict
     found = []
     for record in records:
         targets = sorted(present.intersection(record.studies))
-        if targets:
-            found.append(build.provenance(record, targets, ctx.custodian))
+        # A derivation's sources too: a grant limited to some studies sees no other's UIDs.
+        sources = [source for source in record.sources if ctx.allowed(source["study"])]
+        if targets and (sources or record.kind != DERIVATION):
+            found.append(build.provenance(record, targets, ctx.custodian, sources))
     return found
 
 
