@@ -114,16 +114,20 @@ def pseudonymize(
     ) as progress:  # fmt: skip
         task = progress.add_task("files", total=len(inputs))
 
-        def on_file(_src: Path, result: InstanceResult | None) -> None:
-            # Linkage goes to the vault as soon as a patient is first seen, so a batch that
-            # is interrupted and run again leaves no pseudonym without its way back.
-            if result is not None and result.patient_pseudonym not in recorded:
+        def record_linkage(result: InstanceResult) -> None:
+            # Linkage goes to the vault as soon as a patient is first seen, before the first
+            # output naming the pseudonym is written: no pseudonym without its way back.
+            if result.patient_pseudonym not in recorded:
                 vault.record_linkage(project, result.patient_pseudonym, result.linkage)
                 recorded.add(result.patient_pseudonym)
+
+        def on_file(_src: Path, _result: InstanceResult | None) -> None:
             progress.advance(task)
 
         try:
-            batch = pseudonymize_paths(inputs, out, engine, fsync=fsync, on_file=on_file)
+            batch = pseudonymize_paths(
+                inputs, out, engine, fsync=fsync, before_write=record_linkage, on_file=on_file
+            )
         except VaultError as exc:
             raise _fail(f"the vault refused a linkage record: {exc}") from None
 

@@ -184,22 +184,22 @@ def pixel_data_end(fp: BinaryIO, start: int, size: int, little: bool, implicit: 
     return end
 
 
-def copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int) -> None:
-    """Append src[start:end] to dst, in the kernel where it can (no copy through Python)."""
-    dst.flush()
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    """Append src[start:end] to dst (file descriptors), in the kernel where it can: no copy
+    through Python, and the GIL is released for the whole copy."""
     offset = start
     try:
         while offset < end:
-            sent = os.copy_file_range(src.fileno(), dst.fileno(), end - offset, offset)
+            sent = os.copy_file_range(src_fd, dst_fd, end - offset, offset)
             if sent == 0:
                 raise TruncatedData("truncated pixel data")
             offset += sent
     except (AttributeError, OSError):  # another OS or file system: through a buffer
-        dst.seek(0, os.SEEK_END)
-        src.seek(offset)
         while offset < end:
-            chunk = src.read(min(1 << 20, end - offset))
+            chunk = os.pread(src_fd, min(1 << 20, end - offset), offset)
             if not chunk:
                 raise TruncatedData("truncated pixel data") from None
-            dst.write(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst_fd, view) :]
             offset += len(chunk)

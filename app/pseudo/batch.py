@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import __version__
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
-from app.pseudo.files import UnreadableInput, pseudonymize_file
+from app.pseudo.files import Prepared, UnreadableInput, prepare_file, write_prepared
 from app.pseudo.profile import TABLE_EDITION
 
 _ITEM_INDEX = re.compile(r"\[\d+\]")
@@ -101,28 +102,80 @@ def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"no such file or folder: {path}")
 
 
+# Writes in flight at once: enough to keep the writer threads busy while the next headers
+# are pseudonymized, few enough that open source files and header bytes stay bounded.
+WRITERS = 2
+IN_FLIGHT = 8
+
+
+_FILE_ERRORS = (UnreadableInput, DeidentificationError, OSError)
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong with one file, without its name or any of its values."""
+    if isinstance(exc, OSError):
+        return f"cannot read or write ({exc.strerror})"
+    return str(exc)
+
+
 def pseudonymize_paths(
     inputs: list[Path],
     out_dir: Path,
     engine: Deidentifier,
     *,
     fsync: bool = False,
+    before_write: Callable[[InstanceResult], None] | None = None,
     on_file: Callable[[Path, InstanceResult | None], None] | None = None,
 ) -> BatchReport:
-    """Pseudonymize every input; a bad file is recorded and the batch goes on."""
+    """Pseudonymize every input; a bad file is recorded and the batch goes on.
+
+    Headers are pseudonymized in this thread while earlier outputs are written by
+    `WRITERS` threads: the kernel's copying of pixel bytes overlaps the Python work on the
+    next header. `before_write` sees each result before its output is written (the CLI
+    records the patient's linkage there); `on_file` sees each input once it is done, in
+    input order.
+    """
     report = BatchReport(engine)
-    for src in inputs:
-        try:
-            result, target = pseudonymize_file(src, out_dir, engine, fsync=fsync)
-        except (UnreadableInput, DeidentificationError) as exc:
-            report.failures.append(Failure(src, str(exc)))
-            result = None
-        except OSError as exc:
-            report.failures.append(Failure(src, f"cannot read or write ({exc.strerror})"))
-            result = None
-        else:
-            report.instances.append(result)
-            report.outputs.append(target)
+    # Per input, in order: the prepared instance and its write, or why it failed.
+    pending: deque[tuple[Path, Prepared | None, Future[Path] | str]] = deque()
+    folders: set[Path] = set()  # output folders made so far (set.add is atomic)
+
+    def settle() -> None:
+        src, prepared, outcome = pending.popleft()
+        result = prepared.result if prepared else None
+        if isinstance(outcome, Future):
+            try:
+                report.outputs.append(outcome.result())
+                report.instances.append(prepared.result)
+            except _FILE_ERRORS as exc:
+                outcome, result = _reason(exc), None
+        if isinstance(outcome, str):
+            report.failures.append(Failure(src, outcome))
         if on_file:
             on_file(src, result)
+
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="depot-writer") as writers:
+        try:
+            for src in inputs:
+                try:
+                    prepared = prepare_file(src, out_dir, engine)
+                except _FILE_ERRORS as exc:
+                    pending.append((src, None, _reason(exc)))
+                else:
+                    try:
+                        if before_write:
+                            before_write(prepared.result)
+                    except BaseException:
+                        prepared.close()
+                        raise
+                    job = writers.submit(write_prepared, prepared, fsync=fsync, folders=folders)
+                    pending.append((src, prepared, job))
+                while len(pending) > IN_FLIGHT:
+                    settle()
+            while pending:
+                settle()
+        finally:  # an error or an interrupt: queued writes are dropped, sources closed
+            for _src, prepared, outcome in pending:
+                if isinstance(outcome, Future) and outcome.cancel() and prepared:
+                    prepared.close()
     return report

@@ -53,6 +53,9 @@ _REQUIRED_UIDS = (
 )
 _UNPLANNED = object()
 MIN_ID_LENGTH = 4  # shorter IDs ("1", "42") would wipe ordinary numbers out of free text
+# Keyed mappings repeat across a batch (a series shares its study, series, frame of reference
+# and patient): they are remembered, up to this many entries per cache, then forgotten.
+CACHE_LIMIT = 50_000
 
 
 class DeidentificationError(ValueError):
@@ -147,6 +150,14 @@ def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
     )
 
 
+def _remember(cache: dict, key, value):
+    """Store and return `value`; a full cache starts again empty (memory stays bounded)."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _dictionary_vr(tag: int) -> str:
     try:
         return dictionary_VR(tag)
@@ -189,6 +200,8 @@ class Deidentifier:
         self.profile = profile
         self.keys = keys
         self._uid_cache: dict[str, str] = {}
+        self._token_cache: dict[tuple[str, str], str] = {}
+        self._patient_cache: dict[tuple, tuple[_Patient, dict[str, str]]] = {}
         self._kept_uids = kept_uid_attributes()
         allowed = set(profile.private_keep)
         if profile.keeps_safe_private:
@@ -204,8 +217,14 @@ class Deidentifier:
             return uid
         mapped = self._uid_cache.get(uid)
         if mapped is None:
-            mapped = self._uid_cache[uid] = self.keys.uid(uid)
+            mapped = _remember(self._uid_cache, uid, self.keys.uid(uid))
         return mapped
+
+    def _token(self, domain: str, value: str) -> str:
+        token = self._token_cache.get((domain, value))
+        if token is None:
+            token = _remember(self._token_cache, (domain, value), self.keys.token(domain, value))
+        return token
 
     def _patient(self, ds: Dataset) -> tuple[_Patient, dict[str, str]]:
         patient_id, issuer = _first(ds, 0x00100020), _first(ds, 0x00100021)
@@ -216,16 +235,21 @@ class Deidentifier:
             key = f"name\x1f{name.upper()}\x1f{birth}"
         else:  # nothing names the patient: one pseudonymous patient per study
             key = f"study\x1f{_first(ds, 0x0020000D)}"
+        names = tuple(v for t in _PATIENT_NAME_TAGS if t in ds for v in _strings(ds, t))
+        ids = tuple(v for t in _PATIENT_ID_TAGS if t in ds for v in _strings(ds, t))
+        # The text cleaner depends on every identifier of this header, not only on the key.
+        cache_key = (key, issuer, names, ids, birth)
+        if (known := self._patient_cache.get(cache_key)) is not None:
+            return known[0], dict(known[1])
         linkage = {"PatientID": patient_id, "IssuerOfPatientID": issuer}
-        names = [v for t in _PATIENT_NAME_TAGS if t in ds for v in _strings(ds, t)]
-        ids = [v for t in _PATIENT_ID_TAGS if t in ds for v in _strings(ds, t)]
-        ids = [v for v in ids if len(v.strip()) >= MIN_ID_LENGTH]
-        identifiers = PatientIdentifiers.from_header(names, ids, [birth] if birth else [])
+        long_ids = [v for v in ids if len(v.strip()) >= MIN_ID_LENGTH]
+        identifiers = PatientIdentifiers.from_header(names, long_ids, [birth] if birth else [])
         offset = self.keys.date_offset_days(key)
         shift = (lambda d: d + dt.timedelta(days=offset)) if self.profile.shifts_dates else None
         patient = _Patient(
             self.keys.patient_pseudonym(key), offset, TextCleaner(identifiers, shift)
         )
+        _remember(self._patient_cache, cache_key, (patient, dict(linkage)))
         return patient, linkage
 
     # -- the walk -----------------------------------------------------------------------------
@@ -299,8 +323,8 @@ class Deidentifier:
                     del ds[tag]
                 changes.append((f"{path}({group:04X},xxxx)", "X"))
 
-    def _plan(self, tag: int, raw_vr: str | None) -> tuple[str, str, Rule | None] | None:
-        """(VR, action, rule) for a standard attribute, or None when it is kept untouched.
+    def _plan(self, tag: int, raw_vr: str | None) -> tuple[str, str, str, Rule | None] | None:
+        """(name, VR, action, rule) for a standard attribute, or None when it is kept untouched.
 
         Cached per (tag, VR as read): a series repeats the same attributes in every file.
         """
@@ -309,7 +333,7 @@ class Deidentifier:
         action = rule.action if rule else self._default_action(vr)
         if action == "K" and vr != "SQ":
             return None
-        return vr, action, rule
+        return describe_tag(tag), vr, action, rule
 
     def _default_action(self, vr: str) -> str:
         """Attributes the table does not list are kept, but handled by VR (PS3.15 E.1.1 n.4)."""
@@ -323,8 +347,8 @@ class Deidentifier:
             return "C"
         return "K"
 
-    def _apply(self, ds, tag, vr, action, rule, patient, path, changes) -> None:
-        where = path + describe_tag(tag)
+    def _apply(self, ds, tag, name, vr, action, rule, patient, path, changes) -> None:
+        where = path + name
         if action == "X":
             del ds[tag]
             changes.append((where, "X"))
@@ -372,7 +396,7 @@ class Deidentifier:
         tokens = []
         for v in values:
             normalized = " ".join(v.replace("^", " ").split()).casefold()
-            tokens.append((rule.prefix + self.keys.token(domain, normalized))[:limit])
+            tokens.append((rule.prefix + self._token(domain, normalized))[:limit])
         _put(ds, tag, vr, tokens)
         changes.append((where, "token"))
 

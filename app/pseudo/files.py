@@ -8,6 +8,7 @@ object costs no more memory than its header.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
@@ -142,9 +143,27 @@ def _read_whole(path: Path, ts: str) -> Source:
     return Source(ds, ts)
 
 
-def _write(out: BinaryIO, source: Source, src_fp: BinaryIO, result: InstanceResult) -> None:
+@dataclass
+class Prepared:
+    """One instance pseudonymized in memory, ready to be written: the new header's bytes
+    and, when pixel data is streamed, the still-open source file and the range to copy."""
+
+    result: InstanceResult
+    target: Path
+    header: bytes
+    source: BinaryIO | None = None
+    pixels: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+def _encode(source: Source, result: InstanceResult) -> bytes:
+    """The output's bytes up to the pixel data: preamble, a fresh meta group, the header."""
     ds = source.dataset
-    if source.pixels is None:
+    if source.pixels is None:  # nothing streamed: pydicom writes the whole (small) dataset
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = result.sop_class_uid
         meta.MediaStorageSOPInstanceUID = result.sop_uid
@@ -153,18 +172,15 @@ def _write(out: BinaryIO, source: Source, src_fp: BinaryIO, result: InstanceResu
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
         ds.preamble = b"\0" * 128
-        dcmwrite(out, ds, enforce_file_format=True)
-        return
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
     # A fresh File Meta Information group and preamble: nothing of the source's survives
     # (PS3.15 E.1.1 item 5).
-    out.write(b"\0" * 128 + b"DICM")
-    out.write(
-        encode_file_meta(result.sop_class_uid, result.sop_uid, source.transfer_syntax,
-                         IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
-    )  # fmt: skip
     implicit, little = ds.original_encoding
-    out.write(encode_dataset(ds, implicit, little))
-    copy_range(src_fp, out, *source.pixels)
+    meta = encode_file_meta(result.sop_class_uid, result.sop_uid, source.transfer_syntax,
+                            IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)  # fmt: skip
+    return b"\0" * 128 + b"DICM" + meta + encode_dataset(ds, implicit, little)
 
 
 def output_path(out_dir: Path, result: InstanceResult) -> Path:
@@ -172,14 +188,15 @@ def output_path(out_dir: Path, result: InstanceResult) -> Path:
     return out_dir / result.study_uid / result.series_uid / f"{result.sop_uid}.dcm"
 
 
-def pseudonymize_file(
-    src: Path, out_dir: Path, engine: HeaderPolicy, *, fsync: bool = False
-) -> tuple[InstanceResult, Path]:
-    """Pseudonymize one file into `out_dir`; the output appears whole or not at all.
+def prepare_file(src: Path, out_dir: Path, engine: HeaderPolicy) -> Prepared:
+    """Read and pseudonymize one file's header and encode the new one; nothing is written.
 
+    On success the source stays open for `write_prepared` to copy its pixel data from.
     `engine` is the project's `Deidentifier` (the ingest boundary) or a `DerivedCleaner`
-    (derived objects stored from the research side)."""
-    with open(src, "rb") as src_fp:
+    (derived objects stored from the research side).
+    """
+    src_fp = open(src, "rb")  # noqa: SIM115 (handed over to Prepared, closed by its writer)
+    try:
         source = read_source(src, src_fp, engine.keeps_private)
         try:
             result = engine.deidentify(source.dataset, source.skipped_private)
@@ -187,22 +204,62 @@ def pseudonymize_file(
             raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise UnreadableInput(f"malformed header ({type(exc).__name__})") from exc
-        target = output_path(out_dir, result)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            header = _encode(source, result)
+        except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+            raise UnreadableInput(f"cannot encode header ({type(exc).__name__})") from exc
+    except BaseException:
+        src_fp.close()
+        raise
+    target = output_path(out_dir, result)
+    if source.pixels is None:
+        src_fp.close()
+        return Prepared(result, target, header)
+    return Prepared(result, target, header, src_fp, source.pixels)
+
+
+def write_prepared(
+    prepared: Prepared, *, fsync: bool = False, folders: set[Path] | None = None
+) -> Path:
+    """Write a prepared instance; the output appears whole or not at all.
+
+    Nearly all of it is system calls on file descriptors, each releasing the GIL, so a batch
+    can run it in a thread while the next header is pseudonymized (`app.pseudo.batch`).
+    `folders` remembers the output folders already made, to skip asking the disk again.
+    """
+    target = prepared.target
+    try:
+        if folders is None or target.parent not in folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if folders is not None:
+                folders.add(target.parent)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-", suffix=".dcm")
         try:
-            with os.fdopen(fd, "wb") as out:
-                try:
-                    _write(out, source, src_fp, result)
-                except TruncatedData as exc:
-                    raise UnreadableInput(str(exc)) from exc
-                except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
-                    raise UnreadableInput(f"cannot encode header ({type(exc).__name__})") from exc
+            try:
+                view = memoryview(prepared.header)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if prepared.source is not None and prepared.pixels is not None:
+                    copy_range(prepared.source.fileno(), fd, *prepared.pixels)
                 if fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp_name, target)
+        except TruncatedData as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise UnreadableInput(str(exc)) from exc
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-    return result, target
+    finally:
+        prepared.close()
+    return target
+
+
+def pseudonymize_file(
+    src: Path, out_dir: Path, engine: HeaderPolicy, *, fsync: bool = False
+) -> tuple[InstanceResult, Path]:
+    """Pseudonymize one file into `out_dir`; the output appears whole or not at all."""
+    prepared = prepare_file(src, out_dir, engine)
+    return prepared.result, write_prepared(prepared, fsync=fsync)
