@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     site_url: str = ""  # the publisher's web page
     site_email: str = ""  # the publisher's contact address (one of site_url / site_email)
     encryption_at_rest: bool = True  # new blobs AES-256-GCM per project (docs/encryption.md)
+    # Seconds a series' metadata waits after a STOW-RS request before it is rebuilt: requests
+    # arriving meanwhile share that one rebuild (docs/operations.md).
+    metadata_refresh_delay: float = Field(default=2.0, ge=0, le=60)
     # Tokens (docs/security.md): the embedded issuer signs `depot token create` and grants.
     token_issuer: str = ""  # the `iss` of our tokens; default: DEPOT_PUBLIC_URL or a URN
     token_audience: str = "imaging-depot"

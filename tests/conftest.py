@@ -12,6 +12,13 @@ from app.projects import create_project, project_engine
 from app.pseudo.engine import Deidentifier
 
 
+@pytest.fixture(autouse=True)
+def _series_metadata_refreshed_at_once(monkeypatch) -> None:
+    """Tests read a series' stored metadata right after its STOW-RS: no waiting for more
+    requests (tests/test_ingest_stow.py checks the delay itself)."""
+    monkeypatch.setenv("DEPOT_METADATA_REFRESH_DELAY", "0")
+
+
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
     data = tmp_path / "data"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,26 @@ def test_series_metadata_refreshes_are_coalesced_across_concurrent_requests(monk
     refresher.refresh("alpha", ["s1", "s2"])
     assert refreshed == ["s1", "s2"]
     assert refresher.mark("alpha", ["s1", "s3"]) == ["s1"]  # s1 may wait again, s3 still waits
+
+
+def test_a_series_metadata_refresh_waits_and_requests_meanwhile_share_it(monkeypatch):
+    refreshed: list[tuple[str, float]] = []
+    monkeypatch.setattr(
+        stow, "refresh_series",
+        lambda _s, _p, uids: refreshed.extend((u, time.monotonic()) for u in uids),
+    )  # fmt: skip
+    delay = 0.3
+    refresher = stow.MetadataRefresher(lambda: None, delay)
+
+    async def two_requests_into_one_series() -> float:
+        start = time.monotonic()
+        waiting = refresher.mark("alpha", ["s1"])
+        first = asyncio.create_task(refresher.refresh_later("alpha", waiting))
+        assert refresher.mark("alpha", ["s1"]) == []  # the second request rides on the first
+        await first
+        return start
+
+    start = asyncio.run(two_requests_into_one_series())
+    assert [uid for uid, _ in refreshed] == ["s1"]
+    assert refreshed[0][1] >= start + delay
+    assert refresher.mark("alpha", ["s1"]) == ["s1"]  # refreshed: the next change waits again

@@ -31,6 +31,7 @@ Choices the standard leaves to us (FIELD-NOTES 1.3):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from collections.abc import Callable
@@ -236,12 +237,16 @@ class MetadataRefresher:
 
     Concurrent requests into one series (a PACS pushing with several connections) each mark
     it; a series already waiting is not queued again, and is unmarked just before its
-    refresh starts, so a change landing during the refresh queues one more. A failed
-    refresh only leaves the document stale: WADO-RS rebuilds stale metadata when read.
+    refresh starts, so a change landing during the refresh queues one more. The refresh
+    waits `delay` seconds first, so that a series pushed request after request is rebuilt
+    once per delay rather than after every request: each rebuild serializes and compresses
+    the whole document, which made a long push quadratic in the series' size. A failed or
+    pending refresh only leaves the document stale: WADO-RS rebuilds stale metadata when read.
     """
 
-    def __init__(self, stores: Callable[[], Stores]) -> None:
+    def __init__(self, stores: Callable[[], Stores], delay: float = 0.0) -> None:
         self._stores = stores
+        self._delay = delay
         self._waiting: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -251,6 +256,13 @@ class MetadataRefresher:
             new = [uid for uid in series_uids if (project_id, uid) not in self._waiting]
             self._waiting.update((project_id, uid) for uid in new)
         return new
+
+    async def refresh_later(self, project_id: str, series_uids: list[str]) -> None:
+        """`refresh` after the delay, off the event loop (a response's background task:
+        uvicorn serves the connection's next request meanwhile)."""
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        await run_in_threadpool(self.refresh, project_id, series_uids)
 
     def refresh(self, project_id: str, series_uids: list[str]) -> None:
         for uid in series_uids:
@@ -269,7 +281,7 @@ class StowService:
     def __init__(self, settings: Settings, vault: Vault) -> None:
         self.settings = settings
         self.stores = lazy_stores(settings, vault)
-        self.metadata = MetadataRefresher(self.stores)
+        self.metadata = MetadataRefresher(self.stores, settings.metadata_refresh_delay)
 
     def project(self, project_id: str) -> Project:
         try:
@@ -317,7 +329,5 @@ class StowService:
         response = stow_response(base, project.id, results)
         waiting = self.metadata.mark(project.id, touched_series(results))
         if waiting:
-            response.background = BackgroundTask(
-                run_in_threadpool, self.metadata.refresh, project.id, waiting
-            )
+            response.background = BackgroundTask(self.metadata.refresh_later, project.id, waiting)
         return response
