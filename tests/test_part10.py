@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 
 import pytest
@@ -10,7 +12,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
-from app.dicom.part10 import encode_dataset, encode_file_meta
+from app.dicom.part10 import TruncatedData, copy_range, encode_dataset, encode_file_meta
 from app.dicom.scan import read_header
 from app.pseudo.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from tests.samples import readable_instances
@@ -78,3 +80,25 @@ def test_file_meta_is_what_pydicom_writes(version):
     )  # fmt: skip
     assert ours == buffer.getvalue()
     assert IMPLEMENTATION_VERSION.startswith("DEPOT_")
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_range_appends_the_range_and_says_when_the_source_ends_first(
+    tmp_path, monkeypatch, kernel_copy
+):
+    if not kernel_copy:  # another file system: the buffered fallback
+
+        def refuse(*_args):
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    data = bytes(range(256)) * 8192  # 2 MiB: the fallback reads 1 MiB at a time
+    (tmp_path / "source").write_bytes(data)
+    with open(tmp_path / "source", "rb") as src, open(tmp_path / "target", "wb") as dst:
+        dst.write(b"head")
+        dst.flush()
+        copy_range(src.fileno(), dst.fileno(), 100, 2_000_100)
+        with pytest.raises(TruncatedData):
+            copy_range(src.fileno(), dst.fileno(), len(data) - 10, len(data) + 10)
+    # What was there is appended before the error (the caller then deletes the partial file).
+    assert (tmp_path / "target").read_bytes() == b"head" + data[100:2_000_100] + data[-10:]

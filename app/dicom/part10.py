@@ -184,6 +184,13 @@ def pixel_data_end(fp: BinaryIO, start: int, size: int, little: bool, implicit: 
     return end
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take only part of them)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
     """Append src[start:end] to dst (file descriptors), in the kernel where it can: no copy
     through Python, and the GIL is released for the whole copy."""
@@ -199,7 +206,5 @@ def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
             chunk = os.pread(src_fd, min(1 << 20, end - offset), offset)
             if not chunk:
                 raise TruncatedData("truncated pixel data") from None
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dst_fd, view) :]
+            write_all(dst_fd, chunk)
             offset += len(chunk)

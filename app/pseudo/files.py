@@ -36,6 +36,7 @@ from app.dicom.part10 import (
     encode_dataset,
     encode_file_meta,
     pixel_data_end,
+    write_all,
 )
 from app.dicom.scan import read_header
 from app.pseudo.engine import DeidentificationError, InstanceResult
@@ -236,9 +237,7 @@ def write_prepared(
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-", suffix=".dcm")
         try:
             try:
-                view = memoryview(prepared.header)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, prepared.header)
                 if prepared.source is not None and prepared.pixels is not None:
                     copy_range(prepared.source.fileno(), fd, *prepared.pixels)
                 if fsync:
