@@ -19,8 +19,10 @@ helpers (as bench/dicomweb.py does): one series of `--instances` slices of about
 Two `depot serve --workers W` processes run on loopback, each with its own data dir (SQLite
 index, vault and filesystem blobs, or `--s3`: SeaweedFS, one bucket each), one with
 DEPOT_ENCRYPTION_AT_REST=true and one with false; the same corpus is posted to both by
-STOW-RS (ingest route). Then each measurement alternates one request to each server, after a
-warm-up, so that the shared machine's noise falls on both alike. Wall time is
+STOW-RS (ingest route). Once the servers are idle (the series metadata each rebuilds in the
+background after a STOW-RS would otherwise fall in the measurements of the server loaded
+last), each measurement alternates one request to each server, after a warm-up, so that the
+shared machine's noise falls on both alike. Wall time is
 time.perf_counter() around each request, body read included; the client runs on the same CPUs.
 Before measuring, the bench checks that the first server's blobs are sealed and the second's
 are not.
@@ -55,11 +57,13 @@ sys.path.insert(0, str(REPO))  # app and tests; bench/ is already on the path
 
 import dicomweb as peers  # noqa: E402 (bench/dicomweb.py: corpus, setup, HTTP helpers)
 
+from app.config import Settings  # noqa: E402
 from app.store.blobs import open_blob_store  # noqa: E402
 from app.store.encryption import CHUNK_SIZE, MAGIC  # noqa: E402
 from tests.services import die_with_parent, free_ports, log_tail, stop  # noqa: E402
 
 TARGET_COST = 0.15
+METADATA_DELAY = Settings.model_fields["metadata_refresh_delay"].default  # s, after a STOW-RS
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"'
 console = peers.console
 
@@ -236,6 +240,26 @@ def cpu_seconds(pid: int) -> float:
     return sum(times.get(member, 0.0) for member in family)
 
 
+def settle(servers: list[Server], quiet: float = 0.5, limit: float = 60.0) -> float:
+    """Wait for the work a STOW-RS leaves behind to be done; the seconds waited.
+
+    Why: each server rebuilds the series metadata METADATA_DELAY seconds after the last
+    STOW-RS request, in the background. Measured at once, that rebuild falls inside the
+    measurements of the server loaded last (always the one with encryption), counted as its
+    CPU time and slowing its retrievals. Done when no server used more than 10 ms of CPU
+    during `quiet` seconds, after the delay; at most `limit` seconds.
+    """
+    start = time.monotonic()
+    time.sleep(METADATA_DELAY + quiet)
+    while time.monotonic() - start < limit:
+        before = [cpu_seconds(s.process.pid) for s in servers]
+        time.sleep(quiet)
+        used = [cpu_seconds(s.process.pid) - b for s, b in zip(servers, before, strict=True)]
+        if max(used) <= 0.010:
+            break
+    return time.monotonic() - start
+
+
 def crypto_rate() -> float:
     """AES-256-GCM decryption MB/s of 64 KiB chunks in this process (information)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -357,6 +381,7 @@ def bench(args: argparse.Namespace, workdir: Path, run: Run) -> bool:
         if sealed != (count if server.encrypted else 0):
             raise RuntimeError(f"server {server.name} does not store what its setting says")
 
+    console.print(f"waiting for the servers' background work: {settle(run.servers):.1f} s")
     place = [s.places[corpus.series[0]] for s in run.servers]
     for server, where in zip(run.servers, place, strict=True):
         server.frames = frame_urls(server, where)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import random
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from app.dicom.multipart import parse_content_type, read_parts
+from app.dicomweb.wado_context import read_ahead
 from app.retention import purge_project, set_retention
 from app.store import index_repo
 from app.store.blobs import BlobStoreError, FilesystemBlobStore
@@ -42,7 +44,7 @@ from app.store.layout import project_prefix
 from app.vault import ProjectKeyMissing, Vault
 from app.vault import schema as vault_schema
 from tests.identities import Identity, leaked_tokens, write_injected
-from tests.samples import sample
+from tests.samples import ct_series, sample
 
 pytest_plugins = ["tests.blobstores", "tests.research_server"]
 
@@ -148,6 +150,57 @@ def test_range_and_stream_reads_equal_the_plaintext_slices(sealed):
             assert stream.read() == data[-3:]
             stream.seek(size + 10)
             assert stream.read(5) == b""
+
+
+LEGACY = 64 * 1024  # the chunk size of blobs written before it was raised to CHUNK_SIZE
+
+
+def test_blobs_of_another_chunk_size_are_read_the_same(sealed):
+    """Each blob keeps the chunk size it was written with (64 KiB before the current one)."""
+    data = plaintext(5 * LEGACY + 321)
+    EncryptedBlobStore(sealed.inner, sealed.keys, chunk_size=LEGACY).put(KEY, [data])
+    assert len(raw(sealed, KEY)) == HEADER_SIZE + len(data) + TAG_SIZE * 6
+    assert sealed.size(KEY) == len(data)
+    assert read_all(sealed, KEY) == data
+    for start, end in ((0, 10), (LEGACY - 1, LEGACY + 1), (LEGACY, 4 * LEGACY + 7), (0, 10**7)):
+        assert sealed.read_range(KEY, start, end) == data[start:end]
+
+
+@pytest.mark.parametrize("chunk", [LEGACY, CHUNK_SIZE])
+def test_readinto_fills_buffers_of_any_size_with_the_plaintext(sealed, chunk: int):
+    """readinto decrypts whole chunks straight into the buffer and goes through the scratch
+    for the rest; mixed with read(), every byte comes once and in order."""
+    data = plaintext(3 * chunk + 4321)
+    EncryptedBlobStore(sealed.inner, sealed.keys, chunk_size=chunk).put(KEY, [data])
+    sizes = [1, 7777, chunk - 1, chunk, chunk + 1, 2 * chunk + 5, 10 * chunk]
+    with sealed.open(KEY) as stream:
+        got, turn = [], 0
+        while True:
+            size = sizes[turn % len(sizes)]
+            if turn % 3 == 2:
+                piece = stream.read(size)
+            else:
+                buffer = bytearray(b"\xee" * size)
+                count = stream.readinto(memoryview(buffer))
+                assert buffer[count:] == b"\xee" * (size - count)  # nothing past the count
+                piece = bytes(buffer[:count])
+            if not piece:
+                break
+            got.append(piece)
+            turn += 1
+    assert b"".join(got) == data
+
+
+def test_readinto_of_a_tampered_chunk_raises_and_leaves_no_unauthenticated_byte(sealed):
+    data = plaintext(3 * C)
+    sealed.put(KEY, [data])
+    sealed.inner.put(KEY, [_tamperings(raw(sealed, KEY))["a flipped byte in a chunk"]])
+    fresh = EncryptedBlobStore(sealed.inner, sealed.keys)
+    buffer = bytearray(3 * C)
+    with fresh.open(KEY) as stream, pytest.raises(BlobIntegrityError, match="chunk 1"):
+        stream.readinto(buffer)
+    assert buffer[:C] == data[:C]  # chunk 0 authenticated; chunk 1 wiped; chunk 2 not reached
+    assert buffer[C:] == bytes(2 * C)
 
 
 def test_the_stored_bytes_hide_the_dicom_file_and_the_metadata(sealed, tmp_path: Path):
@@ -448,3 +501,50 @@ def test_wado_rs_serves_the_same_bytes_from_sealed_and_from_plaintext_blobs(rese
         blobs.inner.put(key, [read_all(blobs, key)])
         assert not raw(blobs, key).startswith(MAGIC)
     assert _answers(research, urls) == sealed_answers
+
+
+def test_a_tampered_instance_cuts_a_series_retrieval_and_is_never_served(research, tmp_path):
+    assert not research.ingest(ct_series(tmp_path / "ct", 3)).failures
+    blobs = research.stores.blobs
+    instances = index_repo.list_instances(research.stores.index, "alpha")
+    assert len({i.series_uid for i in instances}) == 1
+    victim = instances[1].blob_key
+    stored = raw(blobs, victim)
+    blobs.inner.put(victim, [stored[:-1] + bytes([stored[-1] ^ 1])])  # its (only) tag flipped
+    blobs._forget(victim)  # as a server started after the change would know it
+    first = instances[0]
+    url = f"/projects/alpha/dicom-web/studies/{first.study_uid}/series/{first.series_uid}"
+    with pytest.raises(BlobIntegrityError):  # the response is cut, never completed
+        research.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+
+
+def test_a_body_read_ahead_keeps_its_order_and_errors_and_is_closed_when_abandoned():
+    """WADO bodies are read a step ahead on worker threads (wado_context.read_ahead)."""
+    closed = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield b"one"
+            yield b"two"
+            raise BlobIntegrityError(KEY, "chunk 2 does not authenticate")
+        finally:
+            closed.set()
+
+    async def everything() -> list[bytes]:
+        got = []
+        with pytest.raises(BlobIntegrityError):
+            async for chunk in read_ahead(chunks()):
+                got.append(chunk)
+        return got
+
+    async def first_only() -> bytes:
+        stream = read_ahead(chunks())
+        chunk = await anext(stream)
+        await stream.aclose()  # the client went away, the next step in flight
+        return chunk
+
+    assert asyncio.run(everything()) == [b"one", b"two"]
+    assert closed.wait(5)
+    closed.clear()
+    assert asyncio.run(first_only()) == b"one"
+    assert closed.wait(5)  # closed on its thread once that step was done

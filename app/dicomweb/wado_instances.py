@@ -4,14 +4,17 @@ The transfer syntax each instance goes out in is `accept.instance_syntax`'s (rul
 app.dicomweb.accept). Here the bodies are produced: the stored blob streamed unchanged when
 its syntax is kept, else Explicit VR LE, with Implicit VR LE rewritten in its header only (the
 pixel bytes copied by range) and compressed pixel data decoded frame by frame. Every body is
-streamed in chunks on a worker thread, one multipart part per instance.
+streamed in chunks read on worker threads, one multipart part per instance; a study or series
+is read a step ahead, about a MiB of instances per step (`wado_context.threaded_parts`), and a
+stored blob is read straight into the buffers sent (decrypted into them when sealed).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -21,7 +24,6 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from app import telemetry
 from app.dicom.frames import DecodeError, PixelLayout, decode_frame, native_bytes
-from app.dicom.multipart import Part
 from app.dicom.part10 import encode_dataset, encode_file_meta
 from app.dicomweb.accept import (
     DICOM,
@@ -47,6 +49,7 @@ from app.dicomweb.wado_context import (
     native_pixel_chunks,
     read_header,
     threaded,
+    threaded_parts,
 )
 from app.store.blobs import BlobStore
 from app.store.models import Instance
@@ -133,10 +136,12 @@ def _converted_chunks(blobs: BlobStore, instance: Instance) -> Iterator[bytes]:
         yield b"\0"
 
 
-def instance_chunks(blobs: BlobStore, instance: Instance, syntax: str) -> Iterator[bytes]:
+def instance_chunks(
+    blobs: BlobStore, instance: Instance, syntax: str
+) -> Iterator[bytes | memoryview]:
     """The instance as a Part 10 file in `syntax` (its stored one or Explicit VR LE)."""
     if syntax == instance.transfer_syntax_uid:
-        yield from telemetry.counted_wado(blob_chunks(blobs, instance.blob_key))
+        yield from telemetry.counted_wado(blob_chunks(blobs, instance.blob_key, instance.size))
     else:
         yield from telemetry.counted_wado(_converted_chunks(blobs, instance))
 
@@ -156,23 +161,27 @@ def instance_routes(ctx: WadoContext) -> list[Route]:
         blobs = ctx.blobs
         base = ctx.base_of(request)
 
-        def body(instance: Instance) -> tuple[str, AsyncIterator[bytes]]:
-            syntax = instance_syntax(requested, instance.transfer_syntax_uid) or EXPLICIT_LE
-            return with_syntax(DICOM, syntax), threaded(instance_chunks(blobs, instance, syntax))
-
+        syntaxes = [
+            instance_syntax(requested, i.transfer_syntax_uid) or EXPLICIT_LE for i in instances
+        ]
         if single:
-            media_type, chunks = body(instances[0])
-            return StreamingResponse(chunks, media_type=media_type)
+            chunks = threaded(instance_chunks(blobs, instances[0], syntaxes[0]))
+            return StreamingResponse(chunks, media_type=with_syntax(DICOM, syntaxes[0]))
 
-        async def parts() -> AsyncIterator[Part]:
-            for instance in instances:
-                media_type, chunks = body(instance)
-                url = instance_url(
+        heads = (
+            {
+                "Content-Type": with_syntax(DICOM, syntax),
+                "Content-Location": instance_url(
                     base, project_id, instance.study_uid, instance.series_uid, instance.sop_uid
-                )
-                yield Part({"Content-Type": media_type, "Content-Location": url}, chunks)
-
-        return multipart(parts(), DICOM)
+                ),
+            }
+            for instance, syntax in zip(instances, syntaxes, strict=True)
+        )
+        bodies = (
+            functools.partial(instance_chunks, blobs, instance, syntax)
+            for instance, syntax in zip(instances, syntaxes, strict=True)
+        )
+        return multipart(threaded_parts(heads, bodies), DICOM)
 
     def retrieve_study(request: Request, project_id: str, study_uid: str) -> Response:
         """The study's instances, multipart/related; type="application/dicom"."""

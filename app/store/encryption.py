@@ -44,7 +44,8 @@ ones (telling them apart would cost a read per blob; the sweep uses keys and tim
 unwrapped data key stays in memory for KEY_TTL seconds, so a purge run by another process
 stops this one's reads within that time. Nothing decrypted is cached, on disk or in memory:
 reads decrypt through a few reused scratch buffers (fresh MiB-sized allocations cost more
-than AES-GCM), which hold plaintext no longer than freed memory would.
+than AES-GCM), which hold plaintext no longer than freed memory would, or straight into the
+caller's buffer (`readinto` of an opened blob: how WADO-RS streams, with no copy after).
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ VERSION = 1
 _HEADER = struct.Struct(">8sB3sI16s")
 HEADER_SIZE = _HEADER.size  # 32
 TAG_SIZE = 16
-CHUNK_SIZE = 64 * 1024  # a 512x512 16-bit frame spans 9 chunks; AES-GCM runs at GB/s on it
+# New blobs are sealed in chunks of 1 MiB. Each chunk is one AES-GCM call, and in the server
+# a call costs besides about what decrypting 64 KiB does (it hands the GIL to the event loop
+# and waits to take it back): chunks of 64 KiB doubled what encryption added to a series
+# retrieval. A CT slice (half a MiB) is one chunk, a frame of up to a MiB spans two at most.
+# A blob keeps the size it was written with (its header says it): 64 KiB for older ones.
+CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 1024, 16 * 1024 * 1024
 KEY_TTL = 60.0  # seconds a data key is used from memory before the vault is asked again
 _SALT_SIZE = 16
@@ -90,9 +96,8 @@ _HKDF_INFO = b"imaging-depot/blob/v1"
 _NONCE = struct.Struct(">4xQ")
 _POSITION = struct.Struct(">QB")  # chunk index, last-chunk flag
 _FILE_READ = 1024 * 1024  # put_file reads its source in these
-_SCRATCH_CHUNKS = 17  # chunks a scratch buffer holds: a 1 MiB read at any offset (WADO's)
+_SCRATCH_BYTES = 17 * 64 * 1024  # plaintext a scratch buffer holds (whole chunks, one at least)
 _SCRATCH_KEPT = 8  # scratch buffers (about 2 MiB each) kept for reuse between reads
-_SCRATCH_BYTES = _SCRATCH_CHUNKS * CHUNK_SIZE
 _CACHED_BLOBS = 4096  # headers and sizes of recently read blobs (about 300 bytes each)
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +390,7 @@ class _Scratch:
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, chunk: int) -> None:
-        count = max(_SCRATCH_CHUNKS * CHUNK_SIZE // chunk, 1)
+        count = max(_SCRATCH_BYTES // chunk, 1)  # 17 of 64 KiB: a 1 MiB read at any offset
         self.chunk = chunk
         self.sealed = bytearray(count * (chunk + TAG_SIZE))
         self.plain = bytearray(count * chunk)
@@ -510,20 +515,29 @@ class _Opened(_Over):
         """Decrypt the next chunks (up to what `needed` asks and the scratch holds); append
         `needed` bytes at most to `out` and keep the rest of the last chunk; returns the count
         appended."""
-        sealed, first = self._sealed, self._index
-        count = min(max(-(-needed // sealed.chunk), 1), scratch.chunks, sealed.chunks - first)
-        stop = HEADER_SIZE + (first + count) * sealed.span
-        length = min(stop, sealed.stored) - HEADER_SIZE - first * sealed.span
-        with memoryview(scratch.sealed)[:length] as view, memoryview(scratch.plain) as plain:
-            if _readinto_full(self._stream, view) != length:
-                raise BlobIntegrityError(self._name, "shorter than its stored size")
-            made = _decrypt_into(self._name, sealed, view, first, plain)
-            self._index = first + count
-            self._checked_end |= self._index == sealed.chunks
+        sealed = self._sealed
+        count = min(max(-(-needed // sealed.chunk), 1), scratch.chunks)
+        with memoryview(scratch.plain) as plain:
+            made = self._decrypt_next(scratch, count, plain)
             given = min(made, needed)
             out.append(bytes(plain[:given]))
             self._carry = bytes(plain[given:made])
         return given
+
+    def _decrypt_next(self, scratch: _Scratch, count: int, target: memoryview) -> int:
+        """Read the next `count` chunks (fewer at the end) into the scratch in one stored read
+        and decrypt them into `target`; returns the plaintext length."""
+        sealed, first = self._sealed, self._index
+        count = min(count, sealed.chunks - first)
+        stop = HEADER_SIZE + (first + count) * sealed.span
+        length = min(stop, sealed.stored) - HEADER_SIZE - first * sealed.span
+        with memoryview(scratch.sealed)[:length] as view:
+            if _readinto_full(self._stream, view) != length:
+                raise BlobIntegrityError(self._name, "shorter than its stored size")
+            made = _decrypt_into(self._name, sealed, view, first, target)
+        self._index = first + count
+        self._checked_end |= self._index == sealed.chunks
+        return made
 
     def _check_end(self) -> None:
         """At the end: the last chunk must have been opened (an empty blob has only it)."""
@@ -544,9 +558,36 @@ class _Opened(_Over):
         return self.read(-1)
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        """Fill `buffer` unless the blob ends first. Whole chunks are decrypted straight into
+        it: no copy of the plaintext after decryption (read() makes one to return bytes)."""
+        sealed = self._sealed
+        with memoryview(buffer) as view, view.cast("B") as target:
+            remaining = max(sealed.size - self._position, 0)
+            wanted = min(len(target), remaining)
+            if not wanted:
+                if not remaining:
+                    self._check_end()
+                return 0
+            done = min(len(self._carry), wanted)
+            target[:done] = self._carry[:done]
+            self._carry = self._carry[done:]
+            if done < wanted:  # the carry is used up: the next chunk starts here
+                # The chunks that fit whole: all those left when the blob's end fits.
+                left = wanted - done
+                whole = left if wanted == remaining else left - left % sealed.chunk
+                with _Scratch.lent(sealed.chunk) as scratch:
+                    while whole:
+                        count = min(-(-whole // sealed.chunk), scratch.chunks)
+                        made = self._decrypt_next(scratch, count, target[done : done + whole])
+                        done += made
+                        whole -= made
+                    if done < wanted:  # less than a chunk: through the scratch
+                        out: list[bytes] = []
+                        self._decrypt_batch(scratch, wanted - done, out)
+                        target[done:wanted] = out[0]
+                        done = wanted
+        self._position += done
+        return done
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if not self.seekable():
