@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from threading import Lock
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import numpy
 from fastapi import HTTPException, Request, status
@@ -45,7 +45,7 @@ from app.dicom.multipart import Part, content_type, new_boundary, write_parts
 from app.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
 from app.dicomweb.public_base import public_base
 from app.store import index_repo
-from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
+from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError, readinto_full
 from app.store.encryption import project_blob_store
 from app.store.index import index_engine
 from app.store.models import Instance, Series
@@ -227,7 +227,7 @@ def blob_chunks(blobs: BlobStore, key: str, size: int = 0) -> Iterator[_Chunk]:
     with blobs.open(key) as stream:
         while size > 0:
             buffer = memoryview(numpy.empty(min(size, CHUNK), numpy.uint8))
-            count = _read_into(stream, buffer)
+            count = readinto_full(stream, buffer)
             if count:
                 yield buffer[:count]
             if count < len(buffer):
@@ -235,17 +235,6 @@ def blob_chunks(blobs: BlobStore, key: str, size: int = 0) -> Iterator[_Chunk]:
             size -= count
         while chunk := stream.read(CHUNK):
             yield chunk
-
-
-def _read_into(stream: BinaryIO, buffer: memoryview) -> int:
-    """Fill `buffer` unless the stream ends first (a raw stream may read short)."""
-    got = 0
-    while got < len(buffer):
-        count = stream.readinto(buffer[got:])  # type: ignore[attr-defined]
-        if not count:
-            break
-        got += count
-    return got
 
 
 def range_chunks(blobs: BlobStore, key: str, start: int, end: int) -> Iterator[bytes]:

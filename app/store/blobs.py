@@ -151,6 +151,18 @@ class BlobStore(Protocol):
         ...
 
 
+def readinto_full(stream: BinaryIO, buffer: memoryview) -> int:
+    """Fill `buffer` unless the stream ends first (one readinto may return fewer bytes);
+    returns how many bytes were read."""
+    got = 0
+    while got < len(buffer):
+        count = stream.readinto(buffer[got:])  # type: ignore[attr-defined]
+        if not count:
+            break
+        got += count
+    return got
+
+
 # --------------------------------------------------------------------------------------------
 # Filesystem store
 # --------------------------------------------------------------------------------------------

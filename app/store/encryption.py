@@ -72,7 +72,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
-from app.store.blobs import BlobStore, BlobStoreError, _check_range, blob_store_from_settings
+from app.store.blobs import (
+    BlobStore,
+    BlobStoreError,
+    _check_range,
+    blob_store_from_settings,
+    readinto_full,
+)
 from app.vault.errors import ProjectKeyMissing, VaultError
 
 if TYPE_CHECKING:
@@ -438,16 +444,6 @@ def _decrypt_into(name: str, sealed: _Sealed, view: memoryview, first: int, out:
     return written
 
 
-def _readinto_full(stream: BinaryIO, view: memoryview) -> int:
-    got = 0
-    while got < len(view):
-        count = stream.readinto(view[got:])  # type: ignore[attr-defined]
-        if not count:
-            break
-        got += count
-    return got
-
-
 class _Over(io.RawIOBase):
     """A readable stream over a stored one, which it closes."""
 
@@ -532,7 +528,7 @@ class _Opened(_Over):
         stop = HEADER_SIZE + (first + count) * sealed.span
         length = min(stop, sealed.stored) - HEADER_SIZE - first * sealed.span
         with memoryview(scratch.sealed)[:length] as view:
-            if _readinto_full(self._stream, view) != length:
+            if readinto_full(self._stream, view) != length:
                 raise BlobIntegrityError(self._name, "shorter than its stored size")
             made = _decrypt_into(self._name, sealed, view, first, target)
         self._index = first + count
