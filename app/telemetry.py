@@ -318,7 +318,7 @@ def _add(counter: metrics.Counter, amount: int | float, attributes: Attributes) 
         counter.add(amount, attributes)
 
 
-def counted_wado(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def counted_wado(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
     """Pass the chunks of an instance body through, counting the bytes served."""
     for chunk in chunks:
         _add(_current.wado_bytes, len(chunk), {})

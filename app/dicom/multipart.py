@@ -50,12 +50,13 @@ class MultipartError(ValueError):
 class Part:
     """One part to write: its headers (Content-Type, Content-Location...) and its body.
 
-    `body` is bytes, or an async iterable of byte chunks that is consumed only while the part
-    is written, so a body can be read from a file or a blob store as it goes out.
+    `body` is bytes, or an async iterable of byte chunks (bytes, or memoryviews of buffers
+    read into) that is consumed only while the part is written, so a body can be read from a
+    file or a blob store as it goes out.
     """
 
     headers: dict[str, str]
-    body: AsyncIterable[bytes] | bytes
+    body: AsyncIterable[bytes | memoryview] | bytes
 
 
 # --- Content-Type -------------------------------------------------------------------------
@@ -142,7 +143,9 @@ def _part_head(boundary: bytes, headers: dict[str, str], first: bool) -> bytes:
     return CRLF.join(lines) + CRLF + CRLF
 
 
-async def write_parts(parts: AsyncIterable[Part], boundary: str) -> AsyncIterator[bytes]:
+async def write_parts(
+    parts: AsyncIterable[Part], boundary: str
+) -> AsyncIterator[bytes | memoryview]:
     """The message body, chunk by chunk: each part's head, then its body chunks unchanged.
 
     Nothing is buffered beyond one part head, so memory does not depend on body sizes. The
