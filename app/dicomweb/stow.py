@@ -298,7 +298,8 @@ class StowService:
         policy: HeaderPolicy | None = None,
     ) -> JSONResponse:
         """Write the body's parts to scratch, store them, answer per Annex I; the series
-        metadata is refreshed after the answer is sent (MetadataRefresher)."""
+        metadata is refreshed after the answer is sent, once the delay has passed
+        (MetadataRefresher)."""
         boundary = _boundary(request.headers.get("content-type"))
         stores = await run_in_threadpool(self.stores)
         with scratch_run(stores.scratch, project.id) as run_dir:
