@@ -22,7 +22,7 @@ from app.pseudo.derived import POLICY as DERIVED_POLICY
 from app.pseudo.derived import References
 from app.pseudo.engine import Deidentifier, InstanceResult
 from app.pseudo.profile import TABLE_EDITION
-from app.store.models import Instance, ProvenanceRecord, Series, Study, as_utc
+from app.store.models import Instance, ProvenanceRecord, Series, Study
 
 PSEUDONYMIZATION = "pseudonymization"
 DERIVATION = "derivation"
@@ -113,17 +113,12 @@ def _save(
     return record
 
 
-def _zoned(record: ProvenanceRecord) -> ProvenanceRecord:
-    record.recorded_at = as_utc(record.recorded_at)
-    return record
-
-
 def get_record(engine: Engine, project_id: str, record_id: str) -> ProvenanceRecord | None:
     with Session(engine, expire_on_commit=False) as session:
         record = session.get(ProvenanceRecord, record_id)
     if record is None or record.project_id != project_id:
         return None
-    return _zoned(record)
+    return record
 
 
 def records_of_project(engine: Engine, project_id: str) -> list[ProvenanceRecord]:
@@ -131,7 +126,7 @@ def records_of_project(engine: Engine, project_id: str) -> list[ProvenanceRecord
     with Session(engine, expire_on_commit=False) as session:
         query = select(ProvenanceRecord).where(ProvenanceRecord.project_id == project_id)
         rows = session.exec(query.order_by(ProvenanceRecord.recorded_at, ProvenanceRecord.id))
-        return [_zoned(r) for r in rows]
+        return list(rows)
 
 
 def existing_studies(engine: Engine, project_id: str, study_uids: Sequence[str]) -> set[str]:

@@ -57,7 +57,6 @@ from app.store.models import (
     Series,
     Study,
     Token,
-    as_utc,
     utc_now,
 )
 from app.vault import ProjectKeyMissing, Vault, load_master_key
@@ -214,8 +213,7 @@ def signing_key(settings: Settings) -> bytes:
 def _signed_fields(record: PurgeRecord) -> dict:
     values = {name: getattr(record, name) for name in _SIGNED_FIELDS}
     for name in ("started_at", "purged_at"):
-        moment = as_utc(values[name])
-        values[name] = moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+        values[name] = values[name].astimezone(dt.UTC).isoformat(timespec="microseconds")
     return values
 
 
@@ -385,7 +383,6 @@ def _complete(settings: Settings, project_id: str, agent: ev.Agent) -> PurgeReco
         ).scalar_one()
         purged_at = utc_now()
         record.purged_at, record.audit_seq, record.audit_hash = purged_at, seq, head_hash
-        record.started_at = as_utc(record.started_at)
         record.signature = sign(signing_key(settings), record)
         conn.execute(
             update(_RECORD)

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.events import agent_index, entity_index
-from app.store.models import AuditEvent, AuditHead, as_utc
+from app.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 _events = AuditEvent.__table__
@@ -153,7 +153,7 @@ def _check(row, expected: int, prev_hash: str) -> tuple[int, str] | None:
         row.agent == agent_index(event)
         and row.action == event.get("action")
         and row.entities == _entities_column(event)
-        and abs(as_utc(row.recorded_at) - recorded) < dt.timedelta(milliseconds=1)
+        and abs(row.recorded_at - recorded) < dt.timedelta(milliseconds=1)
     )
     if not consistent:
         return row.seq, f"record {row.seq}'s search columns disagree with its content"

@@ -17,7 +17,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from app.auth.roles import Scope
-from app.auth.tokens import zoned
 from app.store.models import AccessGrant, Project, Study, utc_now
 
 MAX_STUDIES = 1000  # a grant names studies; a whole project is "no list"
@@ -123,7 +122,7 @@ def issue_grant(
         )
         session.add(grant)
         session.commit()
-    return zoned(grant)
+    return grant
 
 
 def active_grant(
@@ -134,7 +133,6 @@ def active_grant(
         grant = session.get(AccessGrant, grant_id)
     if grant is None:
         return None
-    grant = zoned(grant)
     now = now or utc_now()
     if grant.revoked_at is not None or grant.expires_at <= now:
         return None
@@ -146,7 +144,7 @@ def list_grants(engine: Engine, project_id: str) -> list[AccessGrant]:
     with Session(engine, expire_on_commit=False) as session:
         query = select(AccessGrant).where(AccessGrant.project_id == project_id)
         rows = session.exec(query.order_by(AccessGrant.created_at.desc(), AccessGrant.id))
-        return [zoned(g) for g in rows]
+        return list(rows)
 
 
 def revoke_grant(engine: Engine, project_id: str, grant_id: str) -> AccessGrant:
@@ -159,7 +157,7 @@ def revoke_grant(engine: Engine, project_id: str, grant_id: str) -> AccessGrant:
             grant.revoked_at = utc_now()
             session.add(grant)
             session.commit()
-    return zoned(grant)
+    return grant
 
 
 def count_active_grants(engine: Engine) -> int:

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
 
-from app.store.models import SigningKey, as_utc, utc_now
+from app.store.models import SigningKey, utc_now
 from app.vault.crypto import Sealer, associated_data
 
 __all__ = [
@@ -193,12 +193,8 @@ def published_jwks(engine: Engine, now: dt.datetime, keep_retired_for: dt.timede
     cutoff = now - keep_retired_for
     with Session(engine) as session:
         rows = list(session.exec(select(SigningKey)))
-    active = sorted(
-        (row for row in rows if row.retired_at is None), key=lambda row: as_utc(row.created_at)
-    )
-    retired = [
-        (retired_at, row) for row in rows if (retired_at := as_utc(row.retired_at)) is not None
-    ]
+    active = sorted((row for row in rows if row.retired_at is None), key=lambda row: row.created_at)
+    retired = [(retired_at, row) for row in rows if (retired_at := row.retired_at) is not None]
     recent = [
         row
         for retired_at, row in sorted(retired, key=lambda item: item[0], reverse=True)

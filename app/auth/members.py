@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from app.auth.roles import PROJECT_ROLES, Role
-from app.store.models import Project, ProjectMember, as_utc, utc_now
+from app.store.models import Project, ProjectMember, utc_now
 
 SUBJECT_MAX = 255
 
@@ -47,7 +47,6 @@ def set_member(engine: Engine, project_id: str, subject: str, role: Role | str) 
         member.added_at = utc_now()
         session.add(member)
         session.commit()
-    member.added_at = as_utc(member.added_at)
     return member
 
 
@@ -66,8 +65,6 @@ def list_members(engine: Engine, project_id: str) -> list[ProjectMember]:
     with Session(engine, expire_on_commit=False) as session:
         query = select(ProjectMember).where(ProjectMember.project_id == project_id)
         members = list(session.exec(query.order_by(ProjectMember.subject)))
-    for member in members:
-        member.added_at = as_utc(member.added_at)
     return members
 
 

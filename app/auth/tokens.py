@@ -21,13 +21,12 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from app.auth.roles import Principal, Role
-from app.store.models import AccessGrant, Project, Token, as_utc, utc_now
+from app.store.models import Project, Token, utc_now
 
 __all__ = [
     "TokenError",
@@ -37,14 +36,12 @@ __all__ = [
     "revoke_token",
     "token_principal",
     "verify_static_token",
-    "zoned",
 ]
 
 SECRET_BYTES = 32
 _ID_LENGTH = 12  # hex characters: 48 bits, only needs to be unique, not secret
 _FORMAT = re.compile(r"^depot_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _DUMMY_HASH = hashlib.sha256(b"\0" * SECRET_BYTES).hexdigest()
-_Row = TypeVar("_Row", Token, AccessGrant)
 
 
 class TokenError(ValueError):
@@ -53,14 +50,6 @@ class TokenError(ValueError):
 
 class TokenNotFound(TokenError):
     """No token with this id in this project."""
-
-
-def zoned(row: _Row) -> _Row:
-    """The token or grant row (detached from its session) with its timestamps in UTC on every
-    database."""
-    for name in ("created_at", "expires_at", "revoked_at"):
-        setattr(row, name, as_utc(getattr(row, name)))
-    return row
 
 
 def _hash(secret: bytes) -> str:
@@ -117,14 +106,14 @@ def record_token(
         )
         session.add(token)
         session.commit()
-    return zoned(token)
+    return token
 
 
 def _usable(token: Token | None) -> Principal | None:
     """The principal of a token row that is neither revoked nor expired, else None."""
     if token is None or token.revoked_at is not None:
         return None
-    expires_at = as_utc(token.expires_at)
+    expires_at = token.expires_at
     if expires_at is not None and expires_at <= utc_now():
         return None
     try:
@@ -185,7 +174,7 @@ def revoke_token(engine: Engine, project_id: str, token_id: str) -> Token:
             token.revoked_at = utc_now()
             session.add(token)
             session.commit()
-    return zoned(token)
+    return token
 
 
 def list_tokens(engine: Engine, project_id: str) -> list[Token]:
@@ -193,4 +182,4 @@ def list_tokens(engine: Engine, project_id: str) -> list[Token]:
     with _session(engine) as session:
         query = select(Token).where(Token.project_id == project_id)
         tokens = list(session.exec(query.order_by(Token.created_at, Token.id)))
-    return [zoned(t) for t in tokens]
+    return tokens

@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 from app.catalog.model import DatasetDescription, validate_description
 from app.fhir.body_site import body_site, normalize
-from app.store.models import Dataset, Instance, Project, Series, Study, as_utc, utc_now
+from app.store.models import Dataset, Instance, Project, Series, Study, utc_now
 
 SUPPRESSION_THRESHOLD = 10
 DRAFT, PUBLISHED, WITHDRAWN = "draft", "published", "withdrawn"
@@ -109,22 +109,14 @@ def statistics(engine: Engine, project_id: str) -> Statistics:
 def get_dataset(engine: Engine, project_id: str) -> Dataset | None:
     with Session(engine, expire_on_commit=False) as session:
         row = session.get(Dataset, project_id)
-    return _zoned(row) if row is not None else None
+    return row
 
 
 def list_datasets(engine: Engine) -> list[Dataset]:
     """Every project's dataset row, by project (for `depot catalog show`)."""
     with Session(engine, expire_on_commit=False) as session:
         rows = session.exec(select(Dataset).order_by(Dataset.project_id)).scalars()  # type: ignore[call-overload]
-        return [_zoned(row) for row in rows]
-
-
-def _zoned(row: Dataset) -> Dataset:
-    """Timestamps in UTC whatever the database (SQLite hands them back naive)."""
-    row.created_at = as_utc(row.created_at)
-    row.modified_at = as_utc(row.modified_at)
-    row.published_at = as_utc(row.published_at)
-    return row
+        return list(rows)
 
 
 def _project(engine: Engine, project_id: str) -> Project:
@@ -237,7 +229,7 @@ def published_datasets(engine: Engine, modified_since: dt.datetime | None = None
     if modified_since is not None:
         query = query.where(Dataset.published_at >= modified_since)
     with Session(engine, expire_on_commit=False) as session:
-        return [_zoned(row) for row in session.exec(query).scalars()]  # type: ignore[call-overload]
+        return list(session.exec(query).scalars())  # type: ignore[call-overload]
 
 
 def last_change(engine: Engine) -> dt.datetime | None:
@@ -249,7 +241,7 @@ def last_change(engine: Engine) -> dt.datetime | None:
                 func.max(Dataset.modified_at).filter(Dataset.status == WITHDRAWN),
             )
         ).one()
-    moments = [as_utc(m) for m in (published, withdrawn) if m is not None]
+    moments = [m for m in (published, withdrawn) if m is not None]
     return max(moments) if moments else None  # type: ignore[type-var]
 
 

@@ -45,6 +45,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.sql import false
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 UID = String(64)
@@ -56,14 +57,26 @@ def utc_now() -> dt.datetime:
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A timestamp read back, in UTC: SQLite hands them back without their zone."""
+    """A timestamp in UTC: SQLite hands them back without their zone."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
 
 
+class UtcDateTime(TypeDecorator):
+    """A timestamp column that reads back in UTC on every database, so no caller patches
+    zones: SQLite drops the zone it was written with, PostgreSQL answers in its session's."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        value = as_utc(value)
+        return value.astimezone(dt.UTC) if value is not None else None
+
+
 def _timestamp() -> Column:
-    return Column(DateTime(timezone=True), nullable=False)
+    return Column(UtcDateTime(), nullable=False)
 
 
 class Project(SQLModel, table=True):
@@ -82,10 +95,10 @@ class Project(SQLModel, table=True):
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
     closed_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
     purged_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
 
 
@@ -149,7 +162,7 @@ class Series(SQLModel, table=True):
     metadata_key: str | None = Field(default=None, sa_type=String(1024))
     metadata_etag: str | None = Field(default=None, sa_type=String(64))
     metadata_updated_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
 
@@ -199,10 +212,10 @@ class Token(SQLModel, table=True):
     label: str = Field(default="", sa_type=String(200))
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     expires_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
     revoked_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
 
 
@@ -234,7 +247,7 @@ class AccessGrant(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     expires_at: dt.datetime = Field(sa_column=_timestamp())
     revoked_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
 
 
@@ -309,7 +322,7 @@ class PurgeRecord(SQLModel, table=True):
     project_id: str = Field(primary_key=True, sa_type=String(64))
     started_at: dt.datetime = Field(sa_column=_timestamp())
     purged_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
     blobs: int = Field(default=0, sa_type=BigInteger)
     studies: int = Field(default=0, sa_type=BigInteger)
@@ -336,7 +349,7 @@ class SigningKey(SQLModel, table=True):
     public_jwk: str = Field(sa_type=String)  # JSON: kty, crv, x, y, kid, alg, use
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     retired_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
 
 
@@ -373,5 +386,5 @@ class Dataset(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     modified_at: dt.datetime = Field(default_factory=utc_now, sa_column=_timestamp())
     published_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+        default=None, sa_column=Column(UtcDateTime(), nullable=True)
     )
