@@ -12,7 +12,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
-from app.dicom.part10 import TruncatedData, copy_range, encode_dataset, encode_file_meta
+from app.dicom import part10
+from app.dicom.part10 import (
+    DIRECT_ALIGN,
+    DIRECT_CHUNK,
+    TruncatedData,
+    copy_range,
+    encode_dataset,
+    encode_file_meta,
+    write_spliced,
+)
 from app.dicom.scan import read_header
 from app.pseudo.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from tests.samples import readable_instances
@@ -102,3 +111,57 @@ def test_copy_range_appends_the_range_and_says_when_the_source_ends_first(
             copy_range(src.fileno(), dst.fileno(), len(data) - 10, len(data) + 10)
     # What was there is appended before the error (the caller then deletes the partial file).
     assert (tmp_path / "target").read_bytes() == b"head" + data[100:2_000_100] + data[-10:]
+
+
+def _flags(fd: int) -> int:
+    """The open file's status flags as the kernel reports them (octal in fdinfo)."""
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        return next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
+
+
+SPLICE_CASES = {  # head size, range start, range end (in a 3.5 MiB source)
+    "one chunk, partial block at the end": (300, 128, 500_000),
+    "several chunks": (1_234, 10, 3 * DIRECT_CHUNK + 777),
+    "ends on a block boundary": (DIRECT_ALIGN - 100, 0, 2 * DIRECT_ALIGN + 100),
+    "head longer than a chunk": (DIRECT_CHUNK + 5, 3, 4_099),
+    "no pixel bytes": (200, 1_000, 1_000),
+}
+
+
+@pytest.mark.parametrize("case", SPLICE_CASES, ids=list(SPLICE_CASES))
+@pytest.mark.parametrize("mode", ["direct", "no O_DIRECT", "write refused"])
+def test_write_spliced_writes_the_head_then_the_range(tmp_path, monkeypatch, case, mode):
+    head_size, start, end = SPLICE_CASES[case]
+    data = os.urandom(DIRECT_CHUNK * 3 + DIRECT_CHUNK // 2)
+    head = os.urandom(head_size)
+    (tmp_path / "source").write_bytes(data)
+    direct_writes = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, view, offset):
+        if _flags(fd) & os.O_DIRECT:
+            if mode == "write refused":  # takes the flag, then refuses direct writes
+                raise OSError(errno.EINVAL, "invalid argument")
+            assert len(view) % DIRECT_ALIGN == 0 and offset % DIRECT_ALIGN == 0
+            direct_writes.append(len(view))
+        return real_pwrite(fd, view, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    if mode == "no O_DIRECT":
+        monkeypatch.setattr(part10, "_set_direct", lambda _fd, _on: False)
+    with open(tmp_path / "source", "rb") as src, open(tmp_path / "target", "wb") as dst:
+        write_spliced(dst.fileno(), head, src.fileno(), start, end)
+        assert not _flags(dst.fileno()) & os.O_DIRECT  # the caller gets its file back as it was
+    assert (tmp_path / "target").read_bytes() == head + data[start:end]
+    expected = (head_size + end - start) // DIRECT_ALIGN * DIRECT_ALIGN
+    assert sum(direct_writes) == (expected if mode == "direct" else 0)
+
+
+def test_write_spliced_says_when_the_source_ends_first(tmp_path):
+    (tmp_path / "source").write_bytes(b"x" * 10_000)
+    with (
+        open(tmp_path / "source", "rb") as src,
+        open(tmp_path / "target", "wb") as dst,
+        pytest.raises(TruncatedData),
+    ):
+        write_spliced(dst.fileno(), b"head", src.fileno(), 100, 20_000)

@@ -32,11 +32,11 @@ from pydicom.uid import (
 from app import __version__
 from app.dicom.part10 import (
     TruncatedData,
-    copy_range,
     encode_dataset,
     encode_file_meta,
     pixel_data_end,
     write_all,
+    write_spliced,
 )
 from app.dicom.scan import read_header
 from app.pseudo.engine import DeidentificationError, InstanceResult
@@ -237,9 +237,10 @@ def write_prepared(
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-", suffix=".dcm")
         try:
             try:
-                write_all(fd, prepared.header)
                 if prepared.source is not None and prepared.pixels is not None:
-                    copy_range(prepared.source.fileno(), fd, *prepared.pixels)
+                    write_spliced(fd, prepared.header, prepared.source.fileno(), *prepared.pixels)
+                else:
+                    write_all(fd, prepared.header)
                 if fsync:
                     os.fsync(fd)
             finally:
