@@ -10,6 +10,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from app.pseudo.batch import pseudonymize_paths
+from app.pseudo.engine import Deidentifier
 from app.pseudo.files import pseudonymize_file
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.samples import TRUNCATED, readable_instances, sample
@@ -45,6 +46,18 @@ def test_every_packaged_instance_is_pseudonymized_with_pixels_byte_identical(eng
             assert _pixel_md5(out) == expected, src.name
             compared += 1
     assert compared > 150
+
+
+def test_one_engine_gives_each_file_what_a_fresh_engine_gives_it_alone(engine, tmp_path):
+    # The engine remembers top-level results by value and patient from file to file: what
+    # it remembers must never change an output, whatever came before. (Some packaged files
+    # share their UIDs, hence one folder per file.)
+    for i, src in enumerate(f for f in readable_instances() if f.name not in TRUNCATED):
+        result, out = pseudonymize_file(src, tmp_path / "shared" / str(i), engine)
+        fresh = Deidentifier(engine.profile, engine.keys)
+        alone, alone_out = pseudonymize_file(src, tmp_path / "alone" / str(i), fresh)
+        assert alone.changes == result.changes, src.name
+        assert alone_out.read_bytes() == out.read_bytes(), src.name
 
 
 def test_files_that_stop_short_are_refused_and_nothing_is_written(engine, tmp_path):

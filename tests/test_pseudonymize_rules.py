@@ -153,6 +153,29 @@ def test_intervals_within_a_patient_survive_and_times_are_kept(engine, tmp_path)
     assert day(c.StudyDate) != day(a.StudyDate)  # another patient, another offset
 
 
+def test_the_same_value_in_two_patients_is_pseudonymized_for_each(engine, tmp_path):
+    # Same description and dates, byte for byte, in two patients' files: the description
+    # names one of them, and each patient has its own date offset.
+    paths = []
+    for i, (family, patient_id) in enumerate([("KERGUELEN", "IPP1"), ("MORVAN", "IPP2")] * 2):
+        ds = dcmread(sample("CT_small.dcm"))
+        ds.PatientName, ds.PatientID = f"{family}^Anne", patient_id
+        ds.StudyDescription = "Scanner KERGUELEN"
+        ds.StudyDate = ds.SeriesDate = "20230917"
+        ds.SOPInstanceUID = generate_uid()
+        paths.append(tmp_path / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    report = pseudonymize_paths(paths, tmp_path / "out", engine)
+    first, second, first_again, second_again = (dcmread(p) for p in report.outputs)
+    assert "KERGUELEN" not in first.StudyDescription
+    assert second.StudyDescription == "Scanner KERGUELEN"  # not this patient's name
+    assert first.StudyDate != second.StudyDate  # two patients, two offsets
+    for again, before in ((first_again, first), (second_again, second)):
+        assert again.StudyDescription == before.StudyDescription
+        assert again.StudyDate == before.StudyDate == again.SeriesDate
+    assert [r.changes for r in report.instances[2:]] == [r.changes for r in report.instances[:2]]
+
+
 def test_markers_name_exactly_the_applied_options(settings, tmp_path):
     src = _ct_series(tmp_path / "in", "IPP1", "20230917", n=1)[0]
     _, out = pseudonymize_file(src, tmp_path / "o1", make_engine(settings, "alpha"))

@@ -8,6 +8,7 @@ back as they were read, which is what makes the engine faster than a plain read 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -89,6 +90,7 @@ class _Patient:
     pseudonym: str
     offset_days: int
     cleaner: TextCleaner
+    number: int  # unique per Deidentifier, never reused: keys the patient's remembered results
 
 
 def _str_values(elem: DataElement) -> list[str]:
@@ -150,6 +152,14 @@ def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
     )
 
 
+# Values longer than this are not remembered (memory stays small: a key holds its value).
+_REMEMBERED_SIZE = 256
+
+# Elements whose storing has side effects in pydicom's Dataset (it caches them): always
+# applied through the Dataset, never from remembered results.
+_SIDE_EFFECT_TAGS = frozenset({0x00080005, 0x00280103})
+
+
 def _remember(cache: dict, key, value):
     """Store and return `value`; a full cache starts again empty (memory stays bounded)."""
     if len(cache) >= CACHE_LIMIT:
@@ -209,6 +219,10 @@ class Deidentifier:
         self._private_allowed = frozenset(allowed)
         self._encoded_markers: dict[tuple[bool, bool], list] = {}
         self._plans: dict[tuple[int, str | None], tuple | None] = {}
+        # Top-level results by (patient, tag, value as read): a study repeats its dates,
+        # descriptions and UIDs in every file. None stands for "removed".
+        self._results: dict[tuple, tuple[RawDataElement | None, tuple]] = {}
+        self._patient_numbers = itertools.count()
 
     # -- keyed mappings ---------------------------------------------------------------------
     def map_uid(self, uid: str) -> str:
@@ -247,7 +261,10 @@ class Deidentifier:
         offset = self.keys.date_offset_days(key)
         shift = (lambda d: d + dt.timedelta(days=offset)) if self.profile.shifts_dates else None
         patient = _Patient(
-            self.keys.patient_pseudonym(key), offset, TextCleaner(identifiers, shift)
+            self.keys.patient_pseudonym(key),
+            offset,
+            TextCleaner(identifiers, shift),
+            next(self._patient_numbers),
         )
         _remember(self._patient_cache, cache_key, (patient, dict(linkage)))
         return patient, linkage
@@ -292,6 +309,8 @@ class Deidentifier:
         # BaseTag compares in Python: sort and look rules up by plain int, but address the
         # dataset with the BaseTag objects it holds (their identity makes lookups cheap).
         elements = ds._dict  # pydicom's element store: no Tag() per lookup (see part10)
+        charset = ds.original_character_set
+        context = (patient.number, tuple(charset) if isinstance(charset, list) else charset)
         for tag in sorted(elements, key=int):
             number = int(tag)
             group, element = number >> 16, number & 0xFFFF
@@ -305,13 +324,46 @@ class Deidentifier:
             plan = self._plans.get(key, _UNPLANNED)
             if plan is _UNPLANNED:
                 plan = self._plans[key] = self._plan(number, key[1])
-            if plan is not None:
+            if plan is None:
+                continue
+            if path or plan[1] == "SQ" or number in _SIDE_EFFECT_TAGS:
                 self._apply(ds, tag, *plan, patient, path, changes)
+            else:
+                self._apply_remembered(ds, tag, plan, patient, changes, context)
         for group, block in private.creators.keys() - private.kept:
             del ds[(group << 16) | block]
         for group, creator in sorted(private.removed):
             changes.append((f"{path}({group:04X},xx) {creator or 'without creator'}", "X"))
         self._drop_orphaned_overlays(ds, path, changes)
+
+    def _apply_remembered(self, ds, tag, plan, patient, changes, context: tuple) -> None:
+        """`_apply` on a top-level element, its result remembered for the same value as read.
+
+        Every rule's result depends only on the element (tag, VR, bytes, encoding, character
+        set) and the patient, so a value seen before gets the same result without decoding
+        it again. Long values, and results that are not raw bytes (non-ASCII text), are
+        not remembered.
+        """
+        elements = ds._dict
+        elem = elements[tag]
+        if not isinstance(elem, RawDataElement) or len(elem.value or b"") > _REMEMBERED_SIZE:
+            self._apply(ds, tag, *plan, patient, "", changes)
+            return
+        key = (*context, int(tag), elem.VR, elem.value, elem.is_implicit_VR, elem.is_little_endian)
+        known = self._results.get(key)
+        if known is not None:
+            result, changed = known
+            if result is None:
+                del elements[tag]
+            else:
+                elements[tag] = result
+            changes.extend(changed)
+            return
+        before = len(changes)
+        self._apply(ds, tag, *plan, patient, "", changes)
+        after = elements.get(tag)
+        if after is None or isinstance(after, RawDataElement):
+            _remember(self._results, key, (after, tuple(changes[before:])))
 
     def _drop_orphaned_overlays(self, ds: Dataset, path: str, changes: list) -> None:
         """An overlay whose data was removed is removed whole: a half Overlay Plane module
