@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import getpass
 import json
 from pathlib import Path
@@ -524,6 +525,10 @@ def worker(
 
 
 def main() -> None:
+    # What is loaded by now (modules, tables, the DICOM dictionary) lives as long as the
+    # process: frozen, the collector stops walking it again at every full collection,
+    # which a long batch triggers as its report grows.
+    gc.freeze()
     app()
 
 
