@@ -498,8 +498,9 @@ def print_results(outcomes: list[Outcome]) -> None:
     console.print(
         "Wall time includes the kernel writing every output byte (the same ~0.5 MB per file "
         "for every tool); user CPU is each tool's own work, start-up included. Cores busy = "
-        "CPU time / wall time: ours writes each output in a thread (the kernel copying pixel "
-        "bytes, GIL released) while its main thread pseudonymizes the next header."
+        "CPU time / wall time: ours writes each output in a thread, past the page cache "
+        "(O_DIRECT) where the file system allows it, while its main thread pseudonymizes "
+        "the next header."
     )
 
 
