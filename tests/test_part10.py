@@ -20,6 +20,7 @@ from app.dicom.part10 import (
     copy_range,
     encode_dataset,
     encode_file_meta,
+    raw_element,
     write_spliced,
 )
 from app.dicom.scan import read_header
@@ -67,6 +68,25 @@ def test_pseudonymized_headers_are_spliced_to_exactly_pydicoms_bytes(engine):
         assert encode_dataset(ds, implicit, little) == _pydicom_bytes(ds, implicit, little), name
         compared += 1
     assert compared > 150
+
+
+def test_sequences_kept_encoded_are_written_back_as_pydicom_writes_them():
+    # The engine keeps a cleaned sequence encoded (raw_element) to copy it into the next
+    # file: copied back, it must be the bytes pydicom writes for the decoded sequence,
+    # undefined lengths and delimitation items included.
+    sequences = undefined = 0
+    for name, ds, implicit, little in _headers():
+        charset = ds.get("SpecificCharacterSet", "iso8859")
+        decoded = [ds[tag] for tag in list(ds.keys()) if ds[tag].VR == "SQ"]
+        if not decoded:
+            continue
+        expected = _pydicom_bytes(ds, implicit, little)
+        for elem in decoded:
+            ds._dict[elem.tag] = raw = raw_element(elem, implicit, little, charset)
+            undefined += raw.length == 0xFFFFFFFF
+            sequences += 1
+        assert encode_dataset(ds, implicit, little) == expected, name
+    assert sequences > 100 and undefined > 20
 
 
 @pytest.mark.parametrize("version", ["DEPOT_0.1.0", "ODD"])

@@ -37,6 +37,13 @@ _VR_BYTES = frozenset(
 )
 
 
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_SEQUENCE_END = {  # the Sequence Delimitation Item, by byte order (little endian or not)
+    True: struct.pack("<HHL", 0xFFFE, 0xE0DD, 0),
+    False: struct.pack(">HHL", 0xFFFE, 0xE0DD, 0),
+}
+
+
 class TruncatedData(ValueError):
     """The file ends before the data it declares; carries no value."""
 
@@ -95,12 +102,13 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
             isinstance(elem, RawDataElement)
             and elem.is_implicit_VR == implicit
             and elem.is_little_endian == little
-            and elem.length != 0xFFFFFFFF
+            and (elem.length != UNDEFINED_LENGTH or _is_whole_sequence(elem.value, little))
             and (implicit or (elem.VR and elem.VR != "UN"))  # pydicom writes UN as the known VR
             and not elem.is_buffered
         ):
             value = elem.value or b""
-            parts.append(_element_header(tag, elem.VR or "", len(value), implicit, little))
+            length = len(value) if elem.length != UNDEFINED_LENGTH else UNDEFINED_LENGTH
+            parts.append(_element_header(tag, elem.VR or "", length, implicit, little))
             parts.append(value)
             continue
         if changed is None:
@@ -112,15 +120,28 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
     return b"".join(parts)
 
 
-def raw_element(elem: DataElement, implicit: bool, little: bool) -> RawDataElement:
-    """Encode once, reuse many times: a constant element as the reader would have made it."""
+def raw_element(
+    elem: DataElement, implicit: bool, little: bool, charset: str | list[str] | None = None
+) -> RawDataElement:
+    """Encode once, reuse many times: the element as `encode_dataset` writes it, kept raw.
+
+    A sequence of undefined length keeps it: its value then ends with the sequence
+    delimitation item, and `encode_dataset` copies it back as it is.
+    """
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
-    write_data_element(buffer, elem)
+    write_data_element(buffer, elem, charset)
     data = buffer.getvalue()
     head = 8 if implicit or elem.VR not in LONG_LENGTH_VRS else 12
-    return RawDataElement(elem.tag, None if implicit else elem.VR, len(data) - head,
+    undefined = data[head - 4 : head] == b"\xff\xff\xff\xff" and _is_whole_sequence(data, little)
+    return RawDataElement(elem.tag, None if implicit else elem.VR,
+                          UNDEFINED_LENGTH if undefined else len(data) - head,
                           data[head:], 0, implicit, little)  # fmt: skip
+
+
+def _is_whole_sequence(value: bytes | None, little: bool) -> bool:
+    """Whether an undefined-length value holds its items through the delimitation item."""
+    return bool(value) and value.endswith(_SEQUENCE_END[little])
 
 
 def _read_tag(fp: BinaryIO, little: bool) -> int | None:

@@ -153,7 +153,7 @@ def _put(ds: Dataset, tag, vr: str, values: list[str]) -> None:
 
 
 # Values longer than this are not remembered (memory stays small: a key holds its value).
-_REMEMBERED_SIZE = 256
+_REMEMBERED_SIZE = 512
 
 # Elements whose storing has side effects in pydicom's Dataset (it caches them): always
 # applied through the Dataset, never from remembered results.
@@ -326,7 +326,7 @@ class Deidentifier:
                 plan = self._plans[key] = self._plan(number, key[1])
             if plan is None:
                 continue
-            if path or plan[1] == "SQ" or number in _SIDE_EFFECT_TAGS:
+            if path or number in _SIDE_EFFECT_TAGS:
                 self._apply(ds, tag, *plan, patient, path, changes)
             else:
                 self._apply_remembered(ds, tag, plan, patient, changes, context)
@@ -341,8 +341,9 @@ class Deidentifier:
 
         Every rule's result depends only on the element (tag, VR, bytes, encoding, character
         set) and the patient, so a value seen before gets the same result without decoding
-        it again. Long values, and results that are not raw bytes (non-ASCII text), are
-        not remembered.
+        it again. A sequence's result is kept encoded, as `encode_dataset` would write it:
+        the next file's copy is neither parsed, walked nor encoded again. Long values, and
+        other results that are not raw bytes (non-ASCII text), are not remembered.
         """
         elements = ds._dict
         elem = elements[tag]
@@ -362,8 +363,14 @@ class Deidentifier:
         before = len(changes)
         self._apply(ds, tag, *plan, patient, "", changes)
         after = elements.get(tag)
-        if after is None or isinstance(after, RawDataElement):
-            _remember(self._results, key, (after, tuple(changes[before:])))
+        if after is not None and not isinstance(after, RawDataElement):
+            if plan[1] != "SQ" or elem.is_implicit_VR is None or elem.is_little_endian is None:
+                return
+            charset = ds.get("SpecificCharacterSet", "iso8859")  # as encode_dataset has it
+            after = elements[tag] = raw_element(
+                after, elem.is_implicit_VR, elem.is_little_endian, charset
+            )
+        _remember(self._results, key, (after, tuple(changes[before:])))
 
     def _drop_orphaned_overlays(self, ds: Dataset, path: str, changes: list) -> None:
         """An overlay whose data was removed is removed whole: a half Overlay Plane module
