@@ -149,7 +149,7 @@ SPLICE_CASES = {  # head size, range start, range end (in a 3.5 MiB source)
 
 
 @pytest.mark.parametrize("case", SPLICE_CASES, ids=list(SPLICE_CASES))
-@pytest.mark.parametrize("mode", ["direct", "no O_DIRECT", "write refused"])
+@pytest.mark.parametrize("mode", ["direct", "no O_DIRECT", "write refused", "cached"])
 def test_write_spliced_writes_the_head_then_the_range(tmp_path, monkeypatch, case, mode):
     head_size, start, end = SPLICE_CASES[case]
     data = os.urandom(DIRECT_CHUNK * 3 + DIRECT_CHUNK // 2)
@@ -170,7 +170,7 @@ def test_write_spliced_writes_the_head_then_the_range(tmp_path, monkeypatch, cas
     if mode == "no O_DIRECT":
         monkeypatch.setattr(part10, "_set_direct", lambda _fd, _on: False)
     with open(tmp_path / "source", "rb") as src, open(tmp_path / "target", "wb") as dst:
-        write_spliced(dst.fileno(), head, src.fileno(), start, end)
+        write_spliced(dst.fileno(), head, src.fileno(), start, end, direct=mode != "cached")
         assert not _flags(dst.fileno()) & os.O_DIRECT  # the caller gets its file back as it was
     assert (tmp_path / "target").read_bytes() == head + data[start:end]
     expected = (head_size + end - start) // DIRECT_ALIGN * DIRECT_ALIGN
@@ -184,4 +184,4 @@ def test_write_spliced_says_when_the_source_ends_first(tmp_path):
         open(tmp_path / "target", "wb") as dst,
         pytest.raises(TruncatedData),
     ):
-        write_spliced(dst.fileno(), b"head", src.fileno(), 100, 20_000)
+        write_spliced(dst.fileno(), b"head", src.fileno(), 100, 20_000, direct=True)

@@ -313,16 +313,19 @@ class _DirectWriter:
             view = view[count:]
 
 
-def write_spliced(dst_fd: int, head: bytes, src_fd: int, start: int, end: int) -> None:
+def write_spliced(
+    dst_fd: int, head: bytes, src_fd: int, start: int, end: int, *, direct: bool = False
+) -> None:
     """Write `head` then src[start:end] into `dst_fd`, a new and empty file.
 
-    Where the file system allows it, the bytes go to the disk past the page cache
-    (O_DIRECT): copying every output into fresh page-cache pages is most of the kernel's
-    time in a batch (on a virtual machine each fresh page also faults in the host), and
-    nobody reads these files back right away. Elsewhere, `write_all` then `copy_range`.
+    With `direct`, for files nobody reads back soon (a batch's outputs), the bytes go to
+    the disk past the page cache (O_DIRECT) where the file system allows it: copying every
+    output into fresh page-cache pages is most of the kernel's time in a batch (on a
+    virtual machine each fresh page also faults in the host). Otherwise, and where
+    O_DIRECT is refused, `write_all` then `copy_range`.
     Raises TruncatedData if the source ends before `end` (the caller deletes the file).
     """
-    if not _set_direct(dst_fd, True):
+    if not (direct and _set_direct(dst_fd, True)):
         write_all(dst_fd, head)
         copy_range(src_fd, dst_fd, start, end)
         return

@@ -130,10 +130,10 @@ def pseudonymize_paths(
     """Pseudonymize every input; a bad file is recorded and the batch goes on.
 
     Headers are pseudonymized in this thread while earlier outputs are written by
-    `WRITERS` threads: the kernel's copying of pixel bytes overlaps the Python work on the
-    next header. `before_write` sees each result before its output is written (the CLI
-    records the patient's linkage there); `on_file` sees each input once it is done, in
-    input order.
+    `WRITERS` threads, past the page cache where the file system allows it (nothing reads
+    them back here): the writing overlaps the Python work on the next header.
+    `before_write` sees each result before its output is written (the CLI records the
+    patient's linkage there); `on_file` sees each input once it is done, in input order.
     """
     report = BatchReport(engine)
     # Per input, in order: the prepared instance and its write, or why it failed.
@@ -168,7 +168,9 @@ def pseudonymize_paths(
                     except BaseException:
                         prepared.close()
                         raise
-                    job = writers.submit(write_prepared, prepared, fsync=fsync, folders=folders)
+                    job = writers.submit(
+                        write_prepared, prepared, fsync=fsync, folders=folders, direct=True
+                    )
                     pending.append((src, prepared, job))
                 while len(pending) > IN_FLIGHT:
                     settle()

@@ -220,13 +220,19 @@ def prepare_file(src: Path, out_dir: Path, engine: HeaderPolicy) -> Prepared:
 
 
 def write_prepared(
-    prepared: Prepared, *, fsync: bool = False, folders: set[Path] | None = None
+    prepared: Prepared,
+    *,
+    fsync: bool = False,
+    folders: set[Path] | None = None,
+    direct: bool = False,
 ) -> Path:
     """Write a prepared instance; the output appears whole or not at all.
 
     Nearly all of it is system calls on file descriptors, each releasing the GIL, so a batch
     can run it in a thread while the next header is pseudonymized (`app.pseudo.batch`).
     `folders` remembers the output folders already made, to skip asking the disk again.
+    `direct` writes past the page cache (`write_spliced`): for outputs not read back soon;
+    the ingest boundary reads its scratch file right away, so it keeps the cache.
     """
     target = prepared.target
     try:
@@ -238,7 +244,13 @@ def write_prepared(
         try:
             try:
                 if prepared.source is not None and prepared.pixels is not None:
-                    write_spliced(fd, prepared.header, prepared.source.fileno(), *prepared.pixels)
+                    write_spliced(
+                        fd,
+                        prepared.header,
+                        prepared.source.fileno(),
+                        *prepared.pixels,
+                        direct=direct,
+                    )
                 else:
                     write_all(fd, prepared.header)
                 if fsync:
