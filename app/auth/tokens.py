@@ -113,8 +113,7 @@ def _usable(token: Token | None) -> Principal | None:
     """The principal of a token row that is neither revoked nor expired, else None."""
     if token is None or token.revoked_at is not None:
         return None
-    expires_at = token.expires_at
-    if expires_at is not None and expires_at <= utc_now():
+    if token.expires_at is not None and token.expires_at <= utc_now():
         return None
     try:
         role = Role(token.role)

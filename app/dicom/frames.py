@@ -34,8 +34,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from app.dicom.part10 import ITEM, SEQUENCE_DELIMITER
-from app.dicom.scan import UNDEFINED_LENGTH, read_header
+from app.dicom.part10 import ITEM, SEQUENCE_DELIMITER, UNDEFINED_LENGTH
+from app.dicom.scan import read_header
 
 ReadRange = Callable[[int, int], bytes]  # [start, end) of the blob, shorter at its end
 

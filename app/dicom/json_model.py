@@ -76,16 +76,15 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.valuerep import AMBIGUOUS_VR
 
+from app.dicom.part10 import PIXEL_TAGS, TRAILING_PADDING, UNDEFINED_LENGTH
+
 BulkDataUri = Callable[[str], str]
 JsonDataset = dict[str, dict[str, Any]]
 _Elements = list[tuple[int, "DataElement | RawDataElement"]]
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _SPECIFIC_CHARACTER_SET = 0x00080005
-_TRAILING_PADDING = 0xFFFCFFFC
 _FIRST_DATA_GROUP = 0x00030000
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 _STRIP_BOTH = frozenset({"AE", "CS", "DS", "IS", "LO", "SH"})
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "SH", "UC"}) | _SINGLE_VALUED
@@ -337,7 +336,7 @@ class _Encoder:
         chain = (ds, *ancestors)
         out: JsonDataset = {}
         for tag, elem in elements:
-            if not tag & 0xFFFF or tag < _FIRST_DATA_GROUP or tag == _TRAILING_PADDING:
+            if not tag & 0xFFFF or tag < _FIRST_DATA_GROUP or tag == TRAILING_PADDING:
                 continue
             key = f"{tag:08X}"
             if type(elem) is RawDataElement:
@@ -364,7 +363,7 @@ class _Encoder:
                 return {"vr": vr}
             return {"vr": vr, "Value": values}
         if vr in BINARY_VRS and vr != "UN":
-            size = raw.length if raw.length != _UNDEFINED_LENGTH else None
+            size = raw.length if raw.length != UNDEFINED_LENGTH else None
             if data is not None:
                 size = len(data)
             return self.binary(raw.tag, vr, data, size, raw.is_little_endian, key, prefix, chain)

@@ -29,6 +29,7 @@ LONG_LENGTH_VRS = frozenset(
 )
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 ITEM, SEQUENCE_DELIMITER, TRAILING_PADDING = 0xFFFEE000, 0xFFFEE0DD, 0xFFFCFFFC
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _VR_BYTES = frozenset(
     v.encode()
     for v in LONG_LENGTH_VRS
@@ -37,10 +38,9 @@ _VR_BYTES = frozenset(
 )
 
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_END = {  # the Sequence Delimitation Item, by byte order (little endian or not)
-    True: struct.pack("<HHL", 0xFFFE, 0xE0DD, 0),
-    False: struct.pack(">HHL", 0xFFFE, 0xE0DD, 0),
+    little: struct.pack("<HHL" if little else ">HHL", *divmod(SEQUENCE_DELIMITER, 0x10000), 0)
+    for little in (True, False)
 }
 
 
@@ -169,7 +169,7 @@ def _skip_element(fp: BinaryIO, size: int, little: bool, implicit: bool) -> bool
         (length,) = struct.unpack(e + "L", fp.read(4))
     else:
         (length,) = struct.unpack(e + "H", fp.read(2))
-    if length != 0xFFFFFFFF:
+    if length != UNDEFINED_LENGTH:
         if fp.tell() + length > size:
             raise TruncatedData("truncated pixel data")
         fp.seek(length, os.SEEK_CUR)

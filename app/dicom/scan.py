@@ -59,11 +59,10 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.valuerep import VR as VR_
 from pydicom.values import convert_string
 
-from app.dicom.part10 import ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER
+from app.dicom.part10 import ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER, UNDEFINED_LENGTH
 
 KeepPrivate = Callable[[int, str, int], bool]
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM_DELIMITER = 0xFFFEE00D
 CHARSET_TAG = 0x00080005
 FIRST_PIXEL_TAG = min(PIXEL_TAGS)

@@ -331,11 +331,6 @@ async def read_ahead(items: Iterator[_Item]) -> AsyncIterator[_Item]:
             running.add_done_callback(functools.partial(_close, items))
 
 
-def threaded(chunks: Iterator[_Item]) -> AsyncIterator[_Item]:
-    """A body streamed from a worker thread, the next chunk read while this one is sent."""
-    return read_ahead(chunks)
-
-
 def _numbered(bodies: Iterable[Callable[[], Iterator[_Chunk]]]) -> Iterator[tuple[int, _Chunk]]:
     """(part number, chunk) of every body in turn, empty chunks left out."""
     for number, body in enumerate(bodies):

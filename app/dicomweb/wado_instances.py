@@ -47,8 +47,8 @@ from app.dicomweb.wado_context import (
     frame_sources,
     multipart,
     native_pixel_chunks,
+    read_ahead,
     read_header,
-    threaded,
     threaded_parts,
 )
 from app.store.blobs import BlobStore
@@ -165,7 +165,7 @@ def instance_routes(ctx: WadoContext) -> list[Route]:
             instance_syntax(requested, i.transfer_syntax_uid) or EXPLICIT_LE for i in instances
         ]
         if single:
-            chunks = threaded(instance_chunks(blobs, instances[0], syntaxes[0]))
+            chunks = read_ahead(instance_chunks(blobs, instances[0], syntaxes[0]))
             return StreamingResponse(chunks, media_type=with_syntax(DICOM, syntaxes[0]))
 
         heads = (

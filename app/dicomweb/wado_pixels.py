@@ -56,8 +56,8 @@ from app.dicomweb.wado_context import (
     native_pixel_chunks,
     not_found,
     one_part,
+    read_ahead,
     read_header,
-    threaded,
 )
 from app.store.models import Instance
 
@@ -199,7 +199,7 @@ def pixel_routes(ctx: WadoContext) -> list[Route]:
         """Native pixel data: the whole value streamed by range (big endian swapped)."""
         accept = accept_of(request)
         single, choice = negotiate_pixels(accept, layout, single_allowed=True)
-        chunks = threaded(native_pixel_chunks(ctx.blobs, instance, layout))
+        chunks = read_ahead(native_pixel_chunks(ctx.blobs, instance, layout))
         if single:
             return StreamingResponse(chunks, media_type=choice.content_type)
         headers = {"Content-Type": choice.content_type, "Content-Location": location}

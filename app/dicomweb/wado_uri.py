@@ -30,7 +30,7 @@ from app.dicomweb.wado_context import (
     check_uids,
     find_instance,
     invalid_as_400,
-    threaded,
+    read_ahead,
 )
 from app.dicomweb.wado_instances import instance_chunks
 from app.dicomweb.wado_rendered import build_rendering, render
@@ -80,7 +80,7 @@ def uri_routes(ctx: WadoContext) -> list[Route]:
             syntax = instance_syntax(query.get("transferSyntax"), instance.transfer_syntax_uid)
             if syntax is None:
                 raise NotAcceptable("the requested transfer syntax cannot be produced")
-            body = threaded(instance_chunks(ctx.blobs, instance, syntax))
+            body = read_ahead(instance_chunks(ctx.blobs, instance, syntax))
             return StreamingResponse(body, media_type=DICOM)
         rendering = _uri_rendering(query, media_type)
         number = 1

@@ -302,8 +302,8 @@ def _patients(ctx: Context, only: Sequence[str] | None = None) -> list[tuple[str
 def _provenances(ctx: Context, records: Sequence[ProvenanceRecord]) -> list[dict]:
     """The records' Provenance resources, targeting those of their studies still in the index
     (and visible to a grant); a record left with no target (or, for a derivation, no source
-    the grant may see) is left out. The index is asked once
-    for all the records (per _UID_CHUNK studies), not once per record."""
+    the grant may see) is left out. The index is asked once for all the records (per
+    _UID_CHUNK studies), not once per record."""
     wanted = sorted({uid for record in records for uid in record.studies if ctx.allowed(uid)})
     present: set[str] = set()
     for start in range(0, len(wanted), _UID_CHUNK):

@@ -160,6 +160,12 @@ _REMEMBERED_SIZE = 512
 _SIDE_EFFECT_TAGS = frozenset({0x00080005, 0x00280103})
 
 
+def _charset_key(ds: Dataset) -> str | tuple[str, ...] | None:
+    """The data set's character set as read, hashable (pydicom may give a list)."""
+    charset = ds.original_character_set
+    return tuple(charset) if isinstance(charset, list) else charset
+
+
 def _remember(cache: dict, key, value):
     """Store and return `value`; a full cache starts again empty (memory stays bounded)."""
     if len(cache) >= CACHE_LIMIT:
@@ -309,8 +315,9 @@ class Deidentifier:
         # BaseTag compares in Python: sort and look rules up by plain int, but address the
         # dataset with the BaseTag objects it holds (their identity makes lookups cheap).
         elements = ds._dict  # pydicom's element store: no Tag() per lookup (see part10)
-        charset = ds.original_character_set
-        context = (patient.number, tuple(charset) if isinstance(charset, list) else charset)
+        # What a top-level result is remembered with besides the element (see
+        # _apply_remembered); sequence items are walked every time.
+        context = None if path else (patient.number, _charset_key(ds))
         for tag in sorted(elements, key=int):
             number = int(tag)
             group, element = number >> 16, number & 0xFFFF
@@ -326,7 +333,7 @@ class Deidentifier:
                 plan = self._plans[key] = self._plan(number, key[1])
             if plan is None:
                 continue
-            if path or number in _SIDE_EFFECT_TAGS:
+            if context is None or number in _SIDE_EFFECT_TAGS:
                 self._apply(ds, tag, *plan, patient, path, changes)
             else:
                 self._apply_remembered(ds, tag, plan, patient, changes, context)

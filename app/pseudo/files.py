@@ -31,6 +31,7 @@ from pydicom.uid import (
 
 from app import __version__
 from app.dicom.part10 import (
+    UNDEFINED_LENGTH,
     TruncatedData,
     encode_dataset,
     encode_file_meta,
@@ -126,7 +127,7 @@ def _has_short_value(ds: Dataset) -> bool:
     return (
         isinstance(elem, RawDataElement)
         and elem.value is not None
-        and elem.length != 0xFFFFFFFF
+        and elem.length != UNDEFINED_LENGTH
         and len(elem.value) < elem.length
     )
 

@@ -312,7 +312,7 @@ class FilesystemBlobStore:
             raise BlobNotFound(key) from None
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        _check_range(start, end)
+        check_range(start, end)
         with self.open(key) as handle:
             handle.seek(start)
             return handle.read(end - start)
@@ -421,7 +421,7 @@ def _rmdir_quietly(directory: Path) -> bool:
     return True
 
 
-def _check_range(start: int, end: int) -> None:
+def check_range(start: int, end: int) -> None:
     if start < 0 or end < start:
         raise ValueError(f"invalid byte range [{start}, {end})")
 
@@ -601,7 +601,7 @@ class S3BlobStore:
         return io.BufferedReader(_S3Stream(response, self._describe), buffer_size=256 * 1024)  # type: ignore[return-value]
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        _check_range(start, end)
+        check_range(start, end)
         name = self._name(key)
         if start == end:
             self.size(key)  # still BlobNotFound for a missing key

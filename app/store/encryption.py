@@ -75,8 +75,8 @@ from app.config import Settings
 from app.store.blobs import (
     BlobStore,
     BlobStoreError,
-    _check_range,
     blob_store_from_settings,
+    check_range,
     readinto_full,
 )
 from app.vault.errors import ProjectKeyMissing, VaultError
@@ -736,7 +736,7 @@ class EncryptedBlobStore:
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Plaintext bytes [start, end): only the chunks covering them are read and opened."""
-        _check_range(start, end)
+        check_range(start, end)
         project = project_of(key)
         sealed = self._cached(key, project)
         if sealed is not None:
