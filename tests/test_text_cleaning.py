@@ -6,9 +6,11 @@ NIRs below are synthetic; their keys were computed by hand as 97 - (13 digits mo
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 
+from app.pseudo import text
 from app.pseudo.text import PatientIdentifiers, TextCleaner
 
 DUPONT = PatientIdentifiers.from_header(
@@ -109,8 +111,62 @@ def test_same_object_even_when_a_rule_was_tried(patient_cleaner: TextCleaner) ->
 
 
 def test_patterns_are_compiled_once_per_patient() -> None:
+    text._patient_patterns.cache_clear()
     first, second = TextCleaner(DUPONT), TextCleaner(DUPONT, shift_by(3))
-    assert first._patterns is second._patterns
+    assert first.clean("vu par DUPONT") == second.clean("vu par DUPONT") == "vu par [NAME]"
+    assert text._patient_patterns.cache_info().misses == 1
+
+
+def test_text_that_cannot_name_the_patient_compiles_nothing() -> None:
+    text._patient_patterns.cache_clear()
+    cleaner = TextCleaner(DUPONT)
+    for value in ("CT THORAX 5mm", "Serie 2 du 12/03/2024", "Dr Martin", "DUPOND 2"):
+        cleaner.clean(value)
+    assert text._patient_patterns.cache_info().currsize == 0
+    assert cleaner.clean("HE\u034fLENE") == "[NAME]"  # one of the pattern's accent marks
+    assert text._patient_patterns.cache_info().currsize == 1
+
+
+def test_non_ascii_ids_are_always_searched_with_the_full_pattern() -> None:
+    cleaner = TextCleaner(PatientIdentifiers.from_header([], ["IPPé77"], []))
+    assert cleaner._keys is None
+    assert cleaner.clean("dossier ippÉ77") == "dossier [ID]"
+
+
+def _every_code_point() -> str:
+    return "".join(chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000)
+
+
+def test_whatever_a_pattern_piece_matches_squashes_to_that_piece() -> None:
+    """The guarantee that lets a cleaner skip compiling, checked on every code point.
+
+    A name or id pattern is a sequence of pieces, one per character of the folded name or of
+    the id (both ASCII when the shortcut is used) or per ligature; each piece's match must
+    squash to what the character squashes to, or `_squash(text)` could miss a real match.
+    """
+    every = _every_code_point()
+    pieces = {char: text._letter_pattern(char) for char in map(chr, range(0x20, 0x7F))}
+    pieces |= {char: re.escape(char) for char in map(chr, range(0x20, 0x7F))}  # id pieces
+    pieces |= {pair: text._loose_pattern(pair) for pair in text._LIGATURES}
+    pieces["ı"] = text._letter_pattern("ı")  # the one non-ASCII letter that folds to "i"
+    for char, piece in pieces.items():
+        expected = text._squash_folded(char.lower())
+        for match in re.finditer(piece, every, re.IGNORECASE):
+            assert text._squash(match.group()) == expected, (char, match.group())
+    assert text._squash("\u0301\u034f \t-") == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["HE\u034fLENE", "Hélène", "dupont", "DUPONT_HELENE", "Kıſſ", "acc 2024 77"]
+)
+def test_squashed_text_contains_what_the_full_pattern_finds(value: str) -> None:
+    patient = PatientIdentifiers.from_header(["DUPONT^Hélène", "KISS"], ["ACC-2024-77"], [])
+    patterns = text._patient_patterns(patient.names, patient.ids)
+    keys = text._patient_keys(patient.names, patient.ids)
+    found = [m for p in (patterns.names, patterns.ids) if p for m in p.finditer(value)]
+    squashed = text._squash(value)
+    for match in found:
+        assert any(key in squashed and key == text._squash(match.group()) for key in keys)
 
 
 # --- patient names ---------------------------------------------------------------------------

@@ -205,25 +205,63 @@ def _min_id_length(value: str) -> int:
 
 @dataclass(frozen=True)
 class _PatientPatterns:
-    quick: re.Pattern[str]  # anything at all worth a closer look
     names: re.Pattern[str] | None
     ids: re.Pattern[str] | None
 
 
 @lru_cache(maxsize=1024)
 def _patient_patterns(names: tuple[str, ...], ids: tuple[str, ...]) -> _PatientPatterns:
-    """Compiled once per patient: a study has hundreds of files with the same header."""
+    """Compiled once per patient, and only when a text may mention the patient.
+
+    Compiling the accent classes costs several milliseconds a patient, more than cleaning all
+    of a study's text, which mostly never names the patient.
+    """
     name_alternatives = [_loose_pattern(name) for name in _searchable_names(names)]
     id_alternatives = [re.escape(value) for value in _searchable_ids(ids)]
-    names_regex = _token_regex(name_alternatives) if name_alternatives else None
-    ids_regex = _token_regex(id_alternatives) if id_alternatives else None
-    # Every generic rule needs a digit, an "@" or a title; the patient's own tokens may not.
-    quick = "|".join(r for r in (r"[\d@]", _TITLE_TOKEN, names_regex, ids_regex) if r)
     return _PatientPatterns(
-        quick=re.compile(quick, re.IGNORECASE),
-        names=re.compile(names_regex, re.IGNORECASE) if names_regex else None,
-        ids=re.compile(ids_regex, re.IGNORECASE) if ids_regex else None,
+        names=_compiled_tokens(name_alternatives),
+        ids=_compiled_tokens(id_alternatives),
     )
+
+
+def _compiled_tokens(alternatives: list[str]) -> re.Pattern[str] | None:
+    return re.compile(_token_regex(alternatives), re.IGNORECASE) if alternatives else None
+
+
+# The regex machinery takes "ı" for "i" when ignoring case; casefold() does not.
+_SQUASH_FIXES = str.maketrans({"ı": "i"})
+# What a name pattern skips or absorbs: spaces and hyphens, decomposed accents (whatever their
+# combining class: U+034F has none but is in the pattern's accent range).
+_SQUASHED_OUT = re.compile(r"[\s\-\u0300-\u036f]+")
+
+
+def _squash(text: str) -> str:
+    """Folded, without spaces, hyphens and accents.
+
+    Whatever a name or id pattern above matches squashes to that name's or id's own squashed
+    form (tests check every code point), and squashing is done character by character, so a
+    text whose squashed form does not contain it cannot match: no need to compile.
+    """
+    return _squash_folded(_fold(text))
+
+
+def _squash_folded(folded: str) -> str:
+    return _SQUASHED_OUT.sub("", folded.translate(_SQUASH_FIXES))
+
+
+@lru_cache(maxsize=1024)
+def _patient_keys(names: tuple[str, ...], ids: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Squashed names and ids to look for before compiling; None: always compile.
+
+    Only ASCII keys are used: the guarantee above is checked for the characters they can hold.
+    Name patterns are built from the folded name, id patterns from the id as written.
+    """
+    searched_ids = _searchable_ids(ids)
+    if not all(value.isascii() for value in searched_ids):
+        return None
+    keys = [_squash_folded(_fold(name)) for name in _searchable_names(names)]
+    keys += [_squash(value) for value in searched_ids]
+    return tuple(keys) if all(key and key.isascii() for key in keys) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +322,10 @@ _TITLED_NAME = re.compile(
     rf"(?P<title>{_TITLE_TOKEN})(?P<gap>{_HSPACE}+)"
     + rf"{_NAME_WORD}(?:{_HSPACE}{_NAME_WORD}){{0,2}}{_WORD_END}"
 )
+
+
+# Every generic rule needs a digit, an "@" or a title; the patient's own tokens may not.
+_GENERIC_QUICK = re.compile(rf"[\d@]|{_TITLE_TOKEN}", re.IGNORECASE)
 
 
 def _replace_titled_name(match: re.Match[str]) -> str:
@@ -423,7 +465,8 @@ class TextCleaner:
     def __init__(self, patient: PatientIdentifiers, shift_date: DateShift | None = None) -> None:
         self._shift_date = shift_date
         self._birth_dates = frozenset(patient.birth_dates)
-        self._patterns = _patient_patterns(patient.names, patient.ids)
+        self._names, self._ids = patient.names, patient.ids
+        self._keys = _patient_keys(patient.names, patient.ids)
         # Order matters: whole e-mails before their name parts, titles before the patient's
         # names so "Mme DUPONT Jeanne" loses both words, ids before numbers that contain them.
         self._steps: tuple[Callable[[str], str], ...] = (
@@ -440,20 +483,32 @@ class TextCleaner:
 
     def clean(self, text: str) -> str:
         """Return text with identifiers replaced; the same object when nothing was found."""
-        if not text or not self._patterns.quick.search(text):
+        if not text or not (_GENERIC_QUICK.search(text) or self._may_name_patient(text)):
             return text
         cleaned = text
         for step in self._steps:
             cleaned = step(cleaned)
         return text if cleaned == text else cleaned
 
+    def _may_name_patient(self, text: str) -> bool:
+        """False only when no name or id pattern of the patient can match `text`."""
+        if self._keys is None:
+            return bool(self._names or self._ids)
+        if not self._keys:
+            return False
+        squashed = _squash(text)
+        return any(key in squashed for key in self._keys)
+
+    def _patterns(self, text: str) -> _PatientPatterns | None:
+        return _patient_patterns(self._names, self._ids) if self._may_name_patient(text) else None
+
     def _replace_ids(self, text: str) -> str:
-        ids = self._patterns.ids
-        return ids.sub(ID, text) if ids else text
+        patterns = self._patterns(text)
+        return patterns.ids.sub(ID, text) if patterns and patterns.ids else text
 
     def _replace_names(self, text: str) -> str:
-        names = self._patterns.names
-        return names.sub(NAME, text) if names else text
+        patterns = self._patterns(text)
+        return patterns.names.sub(NAME, text) if patterns and patterns.names else text
 
     def _replace_dates(self, text: str) -> str:
         for pattern in _DATE_PATTERNS:
