@@ -145,3 +145,14 @@ def test_several_inputs_and_a_missing_output_argument(settings, tmp_path):
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
     lonely = _run("pseudonymize", str(one), "--project", "alpha")
     assert lonely.exit_code == 2 and "output folder" in lonely.output
+
+
+def test_the_entry_point_runs_the_cli_with_the_collector_back_on(monkeypatch) -> None:
+    import gc
+
+    from app import entry
+
+    seen: list[bool] = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(gc.isenabled()))
+    entry.main()
+    assert seen == [True] and gc.isenabled()

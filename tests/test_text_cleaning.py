@@ -446,6 +446,15 @@ def test_non_dates_are_kept(text: str) -> None:
     assert TextCleaner(PatientIdentifiers(), shift_by(5)).clean(text) is text
 
 
+def test_date_patterns_wait_for_a_text_with_a_year() -> None:
+    text._date_patterns.cache_clear()
+    cleaner = TextCleaner(PatientIdentifiers(), shift_by(1))
+    assert cleaner.clean("5/5mm Plain, serie 12/03") == "5/5mm Plain, serie 12/03"
+    assert text._date_patterns.cache_info().currsize == 0
+    assert cleaner.clean("vu le 12/03/2024") == "vu le 13/03/2024"
+    assert text._date_patterns.cache_info().currsize == 1
+
+
 def test_a_failing_shift_falls_back_to_a_placeholder() -> None:
     def overflow(value: datetime.date) -> datetime.date:
         return value + datetime.timedelta(days=10**7)
