@@ -359,8 +359,10 @@ _YEAR = r"(?P<y>\d{4})"
 # a bare 8-digit date must stand alone as a token.
 _DIGITS_START = r"(?<!\d)(?<!\d[.,])"
 _DIGITS_END = r"(?!\d)(?![.,]\d)"
-# Every date pattern needs a 4-digit year: text without one skips them all.
+# Every date pattern needs a 4-digit year, and digits either side of a separator, eight digits
+# in a row, or a digit some non-digits before the year: text without both skips them all.
 _FOUR_DIGITS = re.compile(r"\d{4}")
+_DATE_SHAPES = re.compile(r"\d[-/.]\d|\d{8}|\d\D+\d{4}")
 
 
 @lru_cache(maxsize=1)
@@ -519,7 +521,7 @@ class TextCleaner:
         return patterns.names.sub(NAME, text) if patterns and patterns.names else text
 
     def _replace_dates(self, text: str) -> str:
-        if not _FOUR_DIGITS.search(text):
+        if not (_FOUR_DIGITS.search(text) and _DATE_SHAPES.search(text)):
             return text
         for pattern in _date_patterns():
             text = pattern.sub(self._date_replacement, text)
