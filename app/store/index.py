@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "storage" / "migrations"
@@ -25,7 +25,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 @cache
 def index_engine(url: str) -> Engine:
     """One engine per URL, schema brought up to date on first use."""
-    engine = create_engine(url, pool_pre_ping=True)
+    # A server's connection can drop between uses (restart, idle timeout): test it when the
+    # pool hands it out. A SQLite file's cannot, and the test cost a query per checkout.
+    embedded = make_url(url).get_backend_name() == "sqlite"
+    engine = create_engine(url, pool_pre_ping=not embedded)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if current_revision(engine) != SCHEMA_REVISION:

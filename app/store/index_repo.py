@@ -13,9 +13,10 @@ write is one transaction, so a crash leaves the counts consistent with the rows.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Table, delete, func, update
+from sqlalchemy import Connection, Engine, Insert, Table, bindparam, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
@@ -68,10 +69,57 @@ def _insert_if_absent(conn: Connection, table: Table, values: dict) -> bool:
     Atomic in both databases, so two writers adding the same study or series at once both
     succeed and exactly one row exists.
     """
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing()
+    return conn.execute(_insert_statement(conn.dialect.name, table), values).first() is not None
+
+
+@functools.cache
+def _insert_statement(dialect: str, table: Table) -> Insert:
+    """Built once: the values come as parameters (SQLAlchemy compiles it once per set of
+    columns), not into a new statement per row, which cost more than the database's work."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT here.
-    return conn.execute(statement.returning(table.c.project_id)).first() is not None
+    return insert(table).on_conflict_do_nothing().returning(table.c.project_id)
+
+
+# The write path's other statements, built once with bound parameters for the same reason.
+# (Parameter names differ from column names: SQLAlchemy reserves those in UPDATE … SET.)
+_P_PROJECT, _P_STUDY, _P_SERIES = (
+    bindparam("p_project"),
+    bindparam("p_study"),
+    bindparam("p_series"),
+)
+_IN_STUDY = (STUDY.c.project_id == _P_PROJECT) & (STUDY.c.study_uid == _P_STUDY)
+_SERIES_ROW = (SERIES.c.project_id == _P_PROJECT) & (SERIES.c.series_uid == _P_SERIES)
+_COUNT_INSTANCE_IN_STUDY = (
+    update(STUDY)
+    .where(_IN_STUDY)
+    .values(
+        number_of_instances=STUDY.c.number_of_instances + 1,
+        updated_at=bindparam("p_now", type_=STUDY.c.updated_at.type),
+    )
+)
+_COUNT_INSTANCE_IN_SERIES = (
+    update(SERIES)
+    .where(_SERIES_ROW)
+    .values(number_of_instances=SERIES.c.number_of_instances + 1, revision=SERIES.c.revision + 1)
+)
+_COUNT_SERIES_IN_STUDY = (
+    update(STUDY)
+    .where(_IN_STUDY)
+    .values(
+        number_of_series=STUDY.c.number_of_series + 1,
+        modalities=bindparam("p_modalities", type_=STUDY.c.modalities.type),
+    )
+)
+_DIGEST = select(INSTANCE.c.sha256).where(
+    INSTANCE.c.project_id == _P_PROJECT, INSTANCE.c.sop_uid == bindparam("p_sop")
+)
+_SERIES_STUDY = select(SERIES.c.study_uid).where(_SERIES_ROW)
+_MODALITIES = (
+    select(SERIES.c.modality)
+    .distinct()
+    .where(SERIES.c.project_id == _P_PROJECT, SERIES.c.study_uid == _P_STUDY)
+)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -106,12 +154,10 @@ def upsert_instance(engine: Engine, project_id: str, facts: InstanceFacts, blob_
 def _add(conn: Connection, project_id: str, facts: InstanceFacts, blob_key: str) -> bool:
     """The writes of upsert_instance, in one transaction; False if the instance was there."""
     now = utc_now()
-    in_study = (STUDY.c.project_id == project_id) & (STUDY.c.study_uid == facts.study_uid)
+    study_row = {"p_project": project_id, "p_study": facts.study_uid}
     # Counting first also locks the study row (PostgreSQL; SQLite has one writer anyway), so
     # writers adding series to one study see each other's series when listing modalities.
-    count = update(STUDY).where(in_study)
-    count = count.values(number_of_instances=STUDY.c.number_of_instances + 1, updated_at=now)
-    if conn.execute(count).rowcount == 0:
+    if conn.execute(_COUNT_INSTANCE_IN_STUDY, {**study_row, "p_now": now}).rowcount == 0:
         _insert_if_absent(
             conn,
             STUDY,
@@ -119,7 +165,7 @@ def _add(conn: Connection, project_id: str, facts: InstanceFacts, blob_key: str)
              "modalities": "", "number_of_series": 0, "number_of_instances": 0,
              "created_at": now, "updated_at": now},
         )  # fmt: skip
-        conn.execute(count)
+        conn.execute(_COUNT_INSTANCE_IN_STUDY, {**study_row, "p_now": now})
     owner = _series_study(conn, project_id, facts.series_uid)
     new_series = False
     if owner is None:
@@ -144,40 +190,19 @@ def _add(conn: Connection, project_id: str, facts: InstanceFacts, blob_key: str)
          "created_at": now},
     ):  # fmt: skip
         return False
-    conn.execute(
-        update(SERIES)
-        .where(SERIES.c.project_id == project_id, SERIES.c.series_uid == facts.series_uid)
-        .values(
-            number_of_instances=SERIES.c.number_of_instances + 1,
-            revision=SERIES.c.revision + 1,
-        )
-    )
+    conn.execute(_COUNT_INSTANCE_IN_SERIES, {"p_project": project_id, "p_series": facts.series_uid})
     if new_series:
-        conn.execute(
-            update(STUDY)
-            .where(in_study)
-            .values(
-                number_of_series=STUDY.c.number_of_series + 1,
-                modalities=_modalities(conn, project_id, facts.study_uid),
-            )
-        )
+        modalities = _modalities(conn, project_id, facts.study_uid)
+        conn.execute(_COUNT_SERIES_IN_STUDY, {**study_row, "p_modalities": modalities})
     return True
 
 
 def _digest(conn: Connection, project_id: str, sop_uid: str) -> str | None:
-    return conn.execute(
-        select(INSTANCE.c.sha256).where(
-            INSTANCE.c.project_id == project_id, INSTANCE.c.sop_uid == sop_uid
-        )
-    ).scalar()
+    return conn.execute(_DIGEST, {"p_project": project_id, "p_sop": sop_uid}).scalar()
 
 
 def _series_study(conn: Connection, project_id: str, series_uid: str) -> str | None:
-    return conn.execute(
-        select(SERIES.c.study_uid).where(
-            SERIES.c.project_id == project_id, SERIES.c.series_uid == series_uid
-        )
-    ).scalar()
+    return conn.execute(_SERIES_STUDY, {"p_project": project_id, "p_series": series_uid}).scalar()
 
 
 def _same_bytes(known_sha256: str, sha256: str) -> Added:
@@ -188,11 +213,7 @@ def _same_bytes(known_sha256: str, sha256: str) -> Added:
 
 def _modalities(conn: Connection, project_id: str, study_uid: str) -> str:
     """ModalitiesInStudy as returned by QIDO: the series' distinct modalities, sorted."""
-    found = conn.execute(
-        select(SERIES.c.modality)
-        .distinct()
-        .where(SERIES.c.project_id == project_id, SERIES.c.study_uid == study_uid)
-    ).scalars()
+    found = conn.execute(_MODALITIES, {"p_project": project_id, "p_study": study_uid}).scalars()
     return "\\".join(sorted({m for m in found if m}))
 
 
