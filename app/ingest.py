@@ -1,11 +1,11 @@
 """The ingest boundary as a service: identifiable files in, pseudonymized instances stored.
 
-For each file: pseudonymize it with the project's engine into a private scratch folder under
-the data dir (the original is only ever read, never copied or written anywhere), record the
-patient's linkage in the vault on first meeting, put the result into the blob store, and only
-then index it (decision 5: blob first, index second). Once every file is done, the series
-touched get their metadata precomputed (decision 6). Used the same way by the CLI, a worker
-and the tests; it imports neither FastAPI nor Typer.
+For each file: pseudonymize its header with the project's engine, in memory (the original is
+only ever read, never copied or written anywhere), record the patient's linkage in the vault on
+first meeting, stream the result into the blob store (new header, then the input's pixel
+bytes), and only then index it (decision 5: blob first, index second). Once every file is
+done, the series touched get their metadata precomputed (decision 6). Used the same way by the
+CLI, a worker and the tests; it imports neither FastAPI nor Typer.
 
 Re-running is always safe: pseudonymization is deterministic, so a file already stored gives
 the same bytes (same SHA-256) and counts as "already present"; a crash leaves at worst an
@@ -18,6 +18,8 @@ import datetime as dt
 import enum
 import fcntl
 import functools
+import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -31,21 +33,23 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import telemetry
 from app.config import Settings
+from app.dicom.frames import PIXEL_ELEMENT_HEADER, Header, read_instance_header
 from app.dicom.json_model import BulkDataUri
+from app.dicom.scan import read_header
 from app.dicomweb.urls import bulkdata_uri
 from app.projects import engine_for
 from app.provenance import record_derivation, record_ingest
 from app.pseudo.batch import BatchReport, Failure, iter_inputs
 from app.pseudo.derived import DerivedCleaner, NotAttached
 from app.pseudo.engine import DeidentificationError, Deidentifier, InstanceResult
-from app.pseudo.files import HeaderPolicy, UnreadableInput, pseudonymize_file
+from app.pseudo.files import HeaderPolicy, Prepared, UnreadableInput, prepare_file
 from app.store import index_repo, layout
 from app.store.blobs import BlobStore, BlobStoreError
 from app.store.encryption import project_blob_store
-from app.store.facts import UnstorableInstance, read_facts
+from app.store.facts import InstanceFacts, UnstorableInstance, instance_facts
 from app.store.index import index_engine
 from app.store.models import Instance, Project
-from app.store.series_metadata import UriFor, refresh_series_metadata
+from app.store.series_metadata import UriFor, refresh_series_metadata, remember_header
 from app.store.sweep import sweep_project_blobs
 from app.vault import Vault, VaultError
 
@@ -191,14 +195,13 @@ def ingest_files(
     touched: dict[str, None] = {}  # series, in the order first met
     recorded: set[str] = set()
     with _aborting_on_store_failures(report):
-        with scratch_run(stores.scratch, project.id) as run_dir:
-            for src in inputs:
-                result = _ingest_one(stores, project.id, engine, src, run_dir, recorded)
-                report.add(result)
-                if result.instance is not None and result.outcome is not Outcome.FAILED:
-                    touched[result.instance.series_uid] = None
-                if on_file:
-                    on_file(result)
+        for src in inputs:
+            result = _ingest_one(stores, project.id, engine, src, recorded)
+            report.add(result)
+            if result.instance is not None and result.outcome is not Outcome.FAILED:
+                touched[result.instance.series_uid] = None
+            if on_file:
+                on_file(result)
         _refresh_metadata(stores, project.id, list(touched), report, on_series)
         record_ingest(stores.index, project.id, engine, report.stored, "depot ingest")
     return report
@@ -221,14 +224,13 @@ def ingest_written(
     stores: Stores,
     project: Project,
     paths: Iterable[Path],
-    run_dir: Path,
     *,
     accept: AcceptCheck | None = None,
     policy: HeaderPolicy | None = None,
     refresh_metadata: bool = True,
 ) -> tuple[list[FileResult], IngestReport]:
-    """Ingest files the caller already wrote into `run_dir` (from `scratch_run`), e.g. the
-    parts of a STOW-RS request: the per-file ingest of `ingest_files`, then the metadata of
+    """Ingest files the caller already wrote, e.g. the parts of a STOW-RS request (in its
+    `scratch_run` folder): the per-file ingest of `ingest_files`, then the metadata of
     the series touched (unless `refresh_metadata` is False: the caller then calls
     `refresh_series` for `touched_series(results)`, e.g. once its answer is sent).
     `accept` may refuse an instance after pseudonymization, before it is stored. `policy`
@@ -239,13 +241,9 @@ def ingest_written(
     report = IngestReport(engine)
     results: list[FileResult] = []
     recorded: set[str] = set()
-    out_dir = run_dir / "out"
-    out_dir.mkdir(mode=0o700, exist_ok=True)
     with _aborting_on_store_failures(report):
         for src in paths:
-            result = _ingest_one(
-                stores, project.id, policy or engine, src, out_dir, recorded, accept
-            )
+            result = _ingest_one(stores, project.id, policy or engine, src, recorded, accept)
             report.add(result)
             results.append(result)
         if refresh_metadata:
@@ -281,7 +279,6 @@ def _ingest_one(
     project_id: str,
     engine: HeaderPolicy,
     src: Path,
-    run_dir: Path,
     recorded: set[str],
     accept: AcceptCheck | None = None,
 ) -> FileResult:
@@ -289,8 +286,8 @@ def _ingest_one(
         # The span lives here, not in app.pseudo: the engine and `depot pseudonymize` stay
         # free of telemetry (and of its import at start-up).
         with telemetry.span("pseudonymize"):
-            result, tmp = pseudonymize_file(src, run_dir, engine)
-            telemetry.pseudonymized(engine, result)  # profile name, count of changes
+            prepared = prepare_file(src, engine)
+            telemetry.pseudonymized(engine, prepared.result)  # profile name, count of changes
     except NotAttached as exc:
         return FileResult(src, Outcome.FAILED, reason=str(exc), cause=Cause.NOT_ATTACHED)
     except (UnreadableInput, DeidentificationError) as exc:
@@ -298,10 +295,11 @@ def _ingest_one(
     except OSError as exc:
         reason = f"cannot read or write ({exc.strerror})"
         return FileResult(src, Outcome.FAILED, reason=reason, cause=Cause.IO)
+    result = prepared.result
     try:
         if accept is not None and (refusal := accept(result)) is not None:
             return FileResult(src, Outcome.FAILED, result, refusal, Cause.REFUSED)
-        facts = read_facts(tmp)
+        facts, header = _read_output(prepared)
         if result.linkage and result.patient_pseudonym not in recorded:
             # Before the data is visible: no stored pseudonym without its way back.
             stores.vault.record_linkage(project_id, result.patient_pseudonym, result.linkage)
@@ -314,7 +312,7 @@ def _ingest_one(
         key = layout.instance_key(
             project_id, facts.study_uid, facts.series_uid, facts.sop_uid, facts.sha256
         )
-        _put(stores.blobs, key, tmp, facts.size)
+        _put(stores.blobs, key, prepared)
         try:
             with telemetry.span("index.upsert"):
                 added = index_repo.upsert_instance(stores.index, project_id, facts, key)
@@ -323,28 +321,55 @@ def _ingest_one(
             # have been "already present"), so the blob goes and the failure leaves nothing.
             stores.blobs.delete(key)
             raise
-        outcome = Outcome.STORED if added is index_repo.Added.STORED else Outcome.ALREADY_PRESENT
-        return FileResult(src, outcome, result)
-    except UnstorableInstance as exc:
+        if added is index_repo.Added.STORED:
+            remember_header(key, header)
+            return FileResult(src, Outcome.STORED, result)
+        return FileResult(src, Outcome.ALREADY_PRESENT, result)
+    except (UnstorableInstance, UnreadableInput) as exc:
         return FileResult(src, Outcome.FAILED, result, str(exc), Cause.UNREADABLE)
     except index_repo.IndexConflict as exc:
         return FileResult(src, Outcome.FAILED, result, str(exc), Cause.CONFLICT)
     except BlobStoreError:
         raise
-    except OSError as exc:  # reading the pseudonymized copy back from scratch
+    except OSError as exc:  # reading the pixel data from the input again
         reason = f"cannot read or write ({exc.strerror})"
         return FileResult(src, Outcome.FAILED, result, reason, Cause.IO)
     finally:
-        tmp.unlink(missing_ok=True)
+        prepared.close()
 
 
-def _put(blobs: BlobStore, key: str, path: Path, size: int) -> None:
-    """Hand the pseudonymized file (`size` bytes) to the store: sealed as it is copied in,
-    or renamed in when encryption at rest is off (same filesystem)."""
+def _read_output(prepared: Prepared) -> tuple[InstanceFacts, Header]:
+    """The index facts and the parsed header of the bytes about to be stored.
+
+    Nothing is written first: the header parsed is the one just encoded, followed by the
+    pixel data element's own header (its layout), and the hash covers every byte `_put`
+    will store, pixel data read from the input as `_put` will read it.
+    """
+    size = prepared.size
+    if prepared.pixels is not None:  # the encoded header ends where pixel data starts
+        header_length = len(prepared.header)
+    else:  # written whole by pydicom (something follows the pixel data, or deflated)
+        header_length = read_header(io.BytesIO(prepared.header)).pixel_start or size
+    head = prepared.head(PIXEL_ELEMENT_HEADER)
+    header = read_instance_header(
+        lambda start, end: head[start:end], header_length, size, prepared.transfer_syntax
+    )
+    sha256 = hashlib.sha256()
+    for chunk in prepared.chunks():
+        sha256.update(chunk)
+    facts = instance_facts(
+        header.dataset, size=size, sha256=sha256.hexdigest(), header_length=header_length
+    )
+    return facts, header
+
+
+def _put(blobs: BlobStore, key: str, prepared: Prepared) -> None:
+    """Stream the pseudonymized instance into the store (sealed as it goes in when
+    encryption at rest is on); the blob appears whole or not at all."""
     try:
-        with telemetry.span("store.blob_put", {"depot.bytes": size}):
-            blobs.put_file(key, path, content_type=DICOM_CONTENT_TYPE, move=True)
-    except BlobStoreError:
+        with telemetry.span("store.blob_put", {"depot.bytes": prepared.size}):
+            blobs.put(key, prepared.chunks(), content_type=DICOM_CONTENT_TYPE)
+    except (BlobStoreError, UnreadableInput):
         raise
     except OSError as exc:  # the filesystem store's own failures: full disk, permissions
         raise BlobStoreError(f"cannot write a blob ({exc.strerror})") from exc

@@ -34,11 +34,19 @@ from typer.testing import CliRunner
 from app.cli import app as cli_app
 from app.config import Settings
 from app.dicom.json_model import to_dicom_json
-from app.ingest import IngestAborted, Stores, bulk_uris, ingest_files, sweep_orphans
+from app.dicom.scan import read_header
+from app.ingest import (
+    IngestAborted,
+    Stores,
+    bulk_uris,
+    ingest_files,
+    scratch_run,
+    sweep_orphans,
+)
 from app.projects import create_project, engine_for
 from app.pseudo.files import pseudonymize_file
 from app.pseudo.profile import kept_uid_attributes
-from app.store import index_repo, layout
+from app.store import index_repo, layout, series_metadata
 from app.store.blobs import BlobStore, BlobStoreUnreachable
 from app.store.facts import InstanceFacts
 from app.store.index import index_engine
@@ -180,12 +188,14 @@ def test_a_folder_is_stored_as_pseudonymized_blobs_rows_and_metadata_that_leak_n
     engine = engine_for(depot.project, depot.stores.vault)
     instances = {i.sop_uid: i for i in index_repo.list_instances(depot.index, "alpha")}
     assert len(instances) == len(files)
-    for src in files[:: max(1, len(files) // 25)]:  # the engine is deterministic
+    for src in files:  # the engine is deterministic
         result, expected = pseudonymize_file(src, tmp_path / "expected", engine)
         row = instances[result.sop_uid]
         data = blob_bytes(depot.blobs, row.blob_key)
         assert data == expected.read_bytes()
         assert (row.size, row.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        pixel_start = read_header(io.BytesIO(data)).pixel_start  # WADO reads this far
+        assert row.header_length == (len(data) if pixel_start is None else pixel_start)
 
     # Nothing of the originals anywhere: blobs (instances and metadata), rows.
     rows_text = json.dumps(index_rows(depot.index))
@@ -305,11 +315,11 @@ class PutsThenFails:
     def __init__(self, inner: BlobStore, allowed: int) -> None:
         self.inner, self.allowed = inner, allowed
 
-    def put_file(self, key: str, path: Path, **options) -> int:
+    def put(self, key: str, chunks, **options) -> int:
         if self.allowed == 0:
             raise BlobStoreUnreachable("the S3 store at 127.0.0.1:1 is unreachable (timeout)")
         self.allowed -= 1
-        return self.inner.put_file(key, path, **options)
+        return self.inner.put(key, chunks, **options)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -389,14 +399,34 @@ class CountingReads:
         return getattr(self.inner, name)
 
 
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg.dcm", "image_dfl.dcm"])
+def test_an_instance_written_whole_is_indexed_and_described_like_any_other(
+    depot: Depot, tmp_path: Path, name: str
+):
+    # Something follows its pixel data, or its data set is deflated: pydicom writes it whole.
+    report = depot.ingest([sample(name)])
+    assert len(report.stored) == 1
+    [row] = index_repo.list_instances(depot.index, "alpha")
+    data = blob_bytes(depot.blobs, row.blob_key)
+    pixel_start = read_header(io.BytesIO(data)).pixel_start
+    assert row.header_length == (len(data) if pixel_start is None else pixel_start)
+    [series] = index_repo.list_series(depot.index, "alpha")
+    [document] = read_series_metadata(depot.blobs, series.metadata_key)
+    assert document["7FE00010"]["BulkDataURI"].endswith("/bulk/7FE00010")
+
+
 def test_a_growing_series_reads_only_its_new_headers_and_matches_a_full_rebuild(
-    depot: Depot, tmp_path: Path
+    depot: Depot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     depot.ingest(ct_series(tmp_path / "in", 5))
     counting = CountingReads(depot.blobs)
     depot.stores.blobs = counting
     depot.ingest(ct_series(tmp_path / "more", 2, start=5))
-    assert counting.reads == 2  # not 7: the 5 described instances kept their documents
+    assert counting.reads == 0  # the ingest handed its 2 headers over; the 5 kept theirs
+    with monkeypatch.context() as patch:  # instances another worker process stored
+        patch.setattr(series_metadata._fresh, "take", lambda _key: None)
+        depot.ingest(ct_series(tmp_path / "later", 2, start=7))
+    assert counting.reads == 2  # not 9: only the new headers, read from their blobs
     [series] = index_repo.list_series(depot.index, "alpha")
     incremental = read_series_metadata(depot.blobs, series.metadata_key)
     assert refresh_series_metadata(
@@ -406,7 +436,7 @@ def test_a_growing_series_reads_only_its_new_headers_and_matches_a_full_rebuild(
     [rebuilt] = index_repo.list_series(depot.index, "alpha")
     assert rebuilt.metadata_etag == series.metadata_etag  # the same bytes, read whole
     assert read_series_metadata(depot.blobs, rebuilt.metadata_key) == incremental
-    assert len(incremental) == 7
+    assert len(incremental) == 9
 
 
 # --- projects are isolated ---------------------------------------------------------------------
@@ -710,8 +740,8 @@ def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finis
         writer = _depot(data, args, _KILL_BETWEEN_BLOB_AND_INDEX, KILL_AT_UPSERT="120")
         writer.wait(timeout=120)
     else:
-        # A SIGKILL from outside while the writer holds a pseudonymized file in its scratch
-        # folder, 60 files in: deterministic (a writer racing to its end cannot win), and
+        # A SIGKILL from outside while the writer holds a pseudonymized header about to be
+        # stored, 60 files in: deterministic (a writer racing to its end cannot win), and
         # the kill lands where no code of ours runs its own clean-up.
         marker = tmp_path / "paused"
         writer = _depot(
@@ -738,11 +768,10 @@ def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finis
         assert len(unindexed) == 1  # the blob of the 120th file: the orphan the sweep is for
     else:
         assert not unindexed and len(rows) == 60  # killed before the 61st blob was written
-    assert list((data / "ingest-tmp" / "alpha").iterdir())  # the dead run's scratch folder
+    assert not (data / "ingest-tmp").exists()  # nothing is written outside the store
 
     swept = sweep_orphans("alpha", stores, timedelta(0))
-    assert swept.orphan_blobs == len(unindexed)
-    assert swept.scratch_folders == 1 and not list((data / "ingest-tmp" / "alpha").iterdir())
+    assert (swept.orphan_blobs, swept.scratch_folders) == (len(unindexed), 0)
     assert {k for k, _, _ in stores.blobs.list("projects/alpha")} == {r.blob_key for r in rows}
     stores.vault.close()
 
@@ -753,3 +782,16 @@ def test_a_writer_killed_mid_ingest_leaves_no_row_without_blob_and_a_rerun_finis
     reference = _depot(clean, args)
     assert reference.wait(timeout=120) == 0
     assert _state(settings) == _state(Settings(data_dir=clean))
+
+
+def test_the_sweep_removes_dead_runs_scratch_folders_and_keeps_live_ones(depot: Depot):
+    scratch = depot.stores.scratch
+    dead = scratch / "alpha" / "run-killed"
+    dead.mkdir(parents=True)
+    (dead / ".lock").touch()  # its lock died with its process
+    (dead / "00000.part").write_bytes(b"identifiable bytes of a STOW-RS part")
+    with scratch_run(scratch, "alpha") as live:
+        (live / "00000.part").write_bytes(b"a request being stored")
+        swept = sweep_orphans("alpha", depot.stores, timedelta(0))
+        assert swept.scratch_folders == 1 and not dead.exists()
+        assert (live / "00000.part").exists()

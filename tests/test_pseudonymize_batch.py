@@ -123,11 +123,11 @@ def _open_files() -> set[str]:
     return targets
 
 
-def test_a_batch_writes_past_the_page_cache_and_the_ingest_scratch_does_not(
+def test_a_batch_writes_past_the_page_cache_and_a_single_file_does_not(
     engine, tmp_path, monkeypatch
 ):
-    # A batch's outputs are not read back soon; the ingest boundary's scratch file is read
-    # right away (digest, facts, store), so it keeps the page cache.
+    # A batch's outputs are not read back soon; `pseudonymize_file` (one file, which a tool
+    # or a test reads right away) keeps the page cache.
     asked: list[bool] = []
     set_direct = part10._set_direct
     monkeypatch.setattr(

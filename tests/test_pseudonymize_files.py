@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from app.pseudo.batch import pseudonymize_paths
 from app.pseudo.engine import Deidentifier
-from app.pseudo.files import pseudonymize_file
+from app.pseudo.files import UnreadableInput, prepare_file, pseudonymize_file
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.samples import TRUNCATED, readable_instances, sample
 
@@ -140,3 +142,28 @@ def test_streamed_pixels_of_a_large_object_do_not_enter_memory(engine, tmp_path)
     assert peak < 8_000_000, f"peak {peak} bytes: pixel data was loaded"
     assert out.stat().st_size >= big.stat().st_size - 4096
     assert _pixel_md5(out) == _pixel_md5(big)
+
+
+def test_a_prepared_instance_streams_the_bytes_it_would_write(engine, tmp_path):
+    src = sample("CT_small.dcm")
+    _, written = pseudonymize_file(src, tmp_path / "out", engine)
+    prepared = prepare_file(src, engine)
+    try:
+        streamed = b"".join(prepared.chunks(size=4096))  # the pixel data in several reads
+        assert streamed == written.read_bytes() and prepared.size == len(streamed)
+        assert prepared.head(12) == streamed[: len(prepared.header) + 12]
+    finally:
+        prepared.close()
+
+
+def test_a_source_cut_short_after_its_header_was_read_streams_no_whole_instance(engine, tmp_path):
+    src = tmp_path / "ct.dcm"
+    src.write_bytes(sample("CT_small.dcm").read_bytes())
+    prepared = prepare_file(src, engine)
+    try:
+        assert prepared.pixels is not None
+        os.truncate(src, prepared.pixels[0] + 100)
+        with pytest.raises(UnreadableInput):
+            list(prepared.chunks())
+    finally:
+        prepared.close()

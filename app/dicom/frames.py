@@ -43,6 +43,8 @@ PIXEL_TAGS = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}  # their imp
 _LOOKAHEAD = 64 * 1024  # item headers close together (small fragments) cost one read
 _EXPLICIT_HEADER = 12  # tag, VR, 2 reserved bytes, 4-byte length (OB/OW/OF/OD)
 _IMPLICIT_HEADER = 8  # tag, 4-byte length
+# What `read_instance_header` reads past the header: the pixel data element's own header.
+PIXEL_ELEMENT_HEADER = _EXPLICIT_HEADER
 
 
 class FrameError(ValueError):
@@ -115,7 +117,7 @@ def read_instance_header(read: ReadRange, header_length: int, size: int, ts: str
     if ts == DeflatedExplicitVRLittleEndian:
         with io.BytesIO(read(0, size)) as whole:
             return Header(dcmread(whole, force=True), None)
-    data = read(0, min(size, header_length + _EXPLICIT_HEADER))
+    data = read(0, min(size, header_length + PIXEL_ELEMENT_HEADER))
     header = read_header(io.BytesIO(data))
     ds = header.dataset
     if header.pixel_start is None or header.pixel_start != header_length:

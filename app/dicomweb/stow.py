@@ -316,7 +316,6 @@ class StowService:
                         stores,
                         project,
                         paths,
-                        run_dir,
                         accept=accept,
                         policy=policy,
                         refresh_metadata=False,

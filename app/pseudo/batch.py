@@ -158,7 +158,7 @@ def pseudonymize_paths(
         try:
             for src in inputs:
                 try:
-                    prepared = prepare_file(src, out_dir, engine)
+                    prepared = prepare_file(src, engine)
                 except _FILE_ERRORS as exc:
                     pending.append((src, None, _reason(exc)))
                 else:
@@ -169,7 +169,7 @@ def pseudonymize_paths(
                         prepared.close()
                         raise
                     job = writers.submit(
-                        write_prepared, prepared, fsync=fsync, folders=folders, direct=True
+                        write_prepared, prepared, out_dir, fsync=fsync, folders=folders, direct=True
                     )
                     pending.append((src, prepared, job))
                 while len(pending) > IN_FLIGHT:

@@ -12,7 +12,7 @@ import io
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -45,6 +45,7 @@ from app.pseudo.engine import DeidentificationError, InstanceResult
 # Our implementation's identity in every file meta we write (PS3.7 D.3.3.2).
 IMPLEMENTATION_CLASS_UID = "2.25.197004375934389146542297316516418356237"
 IMPLEMENTATION_VERSION = f"DEPOT_{__version__}"[:16]
+COPY_CHUNK = 1 << 20  # pixel bytes read at a time by `Prepared.chunks`
 _READ_ERRORS = (InvalidDicomError, EOFError, struct.error, ValueError, KeyError, OSError)
 
 
@@ -151,10 +152,43 @@ class Prepared:
     and, when pixel data is streamed, the still-open source file and the range to copy."""
 
     result: InstanceResult
-    target: Path
     header: bytes
+    transfer_syntax: str
     source: BinaryIO | None = None
     pixels: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> int:
+        """The output's size: the new header, then the pixel data element as it is."""
+        if self.pixels is None:
+            return len(self.header)
+        start, end = self.pixels
+        return len(self.header) + end - start
+
+    def head(self, count: int) -> bytes:
+        """The output's first bytes: the header, then up to `count` bytes of pixel data."""
+        if self.source is None or self.pixels is None:
+            return self.header
+        start, end = self.pixels
+        return self.header + os.pread(self.source.fileno(), min(count, end - start), start)
+
+    def chunks(self, size: int = COPY_CHUNK) -> Iterator[bytes]:
+        """The output's bytes: the header, then the pixel data read `size` at a time.
+
+        UnreadableInput if the source ends early. For a store that takes chunks (`BlobStore.
+        put`): the output need not be written anywhere first.
+        """
+        yield self.header
+        if self.source is None or self.pixels is None:
+            return
+        fd = self.source.fileno()
+        position, end = self.pixels
+        while position < end:
+            chunk = os.pread(fd, min(size, end - position), position)
+            if not chunk:
+                raise UnreadableInput("the file ends inside its pixel data")
+            yield chunk
+            position += len(chunk)
 
     def close(self) -> None:
         if self.source is not None:
@@ -190,7 +224,7 @@ def output_path(out_dir: Path, result: InstanceResult) -> Path:
     return out_dir / result.study_uid / result.series_uid / f"{result.sop_uid}.dcm"
 
 
-def prepare_file(src: Path, out_dir: Path, engine: HeaderPolicy) -> Prepared:
+def prepare_file(src: Path, engine: HeaderPolicy) -> Prepared:
     """Read and pseudonymize one file's header and encode the new one; nothing is written.
 
     On success the source stays open for `write_prepared` to copy its pixel data from.
@@ -213,29 +247,30 @@ def prepare_file(src: Path, out_dir: Path, engine: HeaderPolicy) -> Prepared:
     except BaseException:
         src_fp.close()
         raise
-    target = output_path(out_dir, result)
+    ts = source.transfer_syntax
     if source.pixels is None:
         src_fp.close()
-        return Prepared(result, target, header)
-    return Prepared(result, target, header, src_fp, source.pixels)
+        return Prepared(result, header, ts)
+    return Prepared(result, header, ts, src_fp, source.pixels)
 
 
 def write_prepared(
     prepared: Prepared,
+    out_dir: Path,
     *,
     fsync: bool = False,
     folders: set[Path] | None = None,
     direct: bool = False,
 ) -> Path:
-    """Write a prepared instance; the output appears whole or not at all.
+    """Write a prepared instance into `out_dir` (`output_path`); the output appears whole
+    or not at all.
 
     Nearly all of it is system calls on file descriptors, each releasing the GIL, so a batch
     can run it in a thread while the next header is pseudonymized (`app.pseudo.batch`).
     `folders` remembers the output folders already made, to skip asking the disk again.
-    `direct` writes past the page cache (`write_spliced`): for outputs not read back soon;
-    the ingest boundary reads its scratch file right away, so it keeps the cache.
+    `direct` writes past the page cache (`write_spliced`): for outputs not read back soon.
     """
-    target = prepared.target
+    target = output_path(out_dir, prepared.result)
     try:
         if folders is None or target.parent not in folders:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -274,5 +309,5 @@ def pseudonymize_file(
     src: Path, out_dir: Path, engine: HeaderPolicy, *, fsync: bool = False
 ) -> tuple[InstanceResult, Path]:
     """Pseudonymize one file into `out_dir`; the output appears whole or not at all."""
-    prepared = prepare_file(src, out_dir, engine)
-    return prepared.result, write_prepared(prepared, fsync=fsync)
+    prepared = prepare_file(src, engine)
+    return prepared.result, write_prepared(prepared, out_dir, fsync=fsync)

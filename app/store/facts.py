@@ -1,23 +1,23 @@
-"""What the index records about one stored file, read from that very file.
+"""What the index records about one stored instance, read from the very bytes stored.
 
 The facts come from the pseudonymized bytes about to be stored (never from the original, which
-the ingest service does not even keep): the index cannot hold a value the blob does not. Values
-go through the DICOM JSON encoder (app.dicom.json_model), so the index and the metadata served
-later agree on every odd value (a DS that is no number, padding, character sets).
+the ingest service does not even keep): the index cannot hold a value the blob does not. The
+ingest boundary parses the header it has just encoded, the bytes that go into the blob, and
+hashes them as they will be stored. Values go through the DICOM JSON encoder
+(app.dicom.json_model), so the index and the metadata served later agree on every odd value
+(a DS that is no number, padding, character sets).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from pydicom.dataset import Dataset
 
 from app.dicom.json_model import to_dicom_json
-from app.dicom.scan import read_header
 
-_HASH_CHUNK = 1 << 20
 # UIDs become blob key segments and 64-character columns: digits and dots, as DICOM says, with
 # a little leniency for letters some vendors put in SOP Class UIDs (still key-safe).
 _UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
@@ -118,22 +118,9 @@ def _uid(attribute: dict[str, Any] | None, what: str) -> str:
     return value
 
 
-def _digest(fp: BinaryIO) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    size = 0
-    while chunk := fp.read(_HASH_CHUNK):
-        sha.update(chunk)
-        size += len(chunk)
-    return size, sha.hexdigest()
-
-
-def read_facts(path: Path) -> InstanceFacts:
-    """Read the header of a (pseudonymized) Part 10 file and hash its bytes."""
-    with open(path, "rb") as fp:
-        header = read_header(fp)
-        fp.seek(0)
-        size, sha256 = _digest(fp)
-    ds = header.dataset
+def instance_facts(ds: Dataset, *, size: int, sha256: str, header_length: int) -> InstanceFacts:
+    """The facts of an instance whose stored bytes (`size` of them, hashing to `sha256`)
+    parse into `ds`, with its pixel data element at `header_length` (`size` when none)."""
     json = to_dicom_json(ds, include=_WANTED.__contains__)
 
     def get(tag: int) -> dict[str, Any] | None:
@@ -151,7 +138,7 @@ def read_facts(path: Path) -> InstanceFacts:
         transfer_syntax_uid=transfer_syntax,
         size=size,
         sha256=sha256,
-        header_length=header.pixel_start if header.pixel_start is not None else size,
+        header_length=header_length,
         study={name: _text(get(tag)) for name, tag in STUDY_TEXT.items()},
         series={
             **{name: _text(get(tag)) for name, tag in SERIES_TEXT.items()},

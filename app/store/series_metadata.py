@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import Engine
 
 from app import telemetry
-from app.dicom.frames import read_instance_header
+from app.dicom.frames import Header, read_instance_header
 from app.dicom.json_model import BulkDataUri, JsonDataset, to_dicom_json
 from app.store import index_repo, layout
 from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError
@@ -44,20 +44,59 @@ UriFor = Callable[[Instance], BulkDataUri]
 
 
 def instance_metadata(blobs: BlobStore, instance: Instance, uri_for: UriFor) -> JsonDataset:
-    """One stored instance's DICOM JSON, from the bytes before its pixel data."""
-    uri = uri_for(instance)
-    header = read_instance_header(
-        lambda start, end: blobs.read_range(instance.blob_key, start, end),
-        instance.header_length,
-        instance.size,
-        instance.transfer_syntax_uid,
-    )
+    """One stored instance's DICOM JSON, from the bytes before its pixel data: those the
+    ingest just parsed (`remember_header`) or else those read back from its blob."""
+    header = _fresh.take(instance.blob_key)
+    if header is None:
+        header = read_instance_header(
+            lambda start, end: blobs.read_range(instance.blob_key, start, end),
+            instance.header_length,
+            instance.size,
+            instance.transfer_syntax_uid,
+        )
+    return header_metadata(header, uri_for(instance))
+
+
+def header_metadata(header: Header, uri: BulkDataUri) -> JsonDataset:
+    """The DICOM JSON of a parsed header; pixel data, never read, as a BulkDataURI."""
     document = to_dicom_json(header.dataset, bulkdata_uri=uri)
     pixel = header.layout
     if pixel is not None and pixel.vr in ("OB", "OW", "OF", "OD"):
         tag = f"{pixel.tag:08X}"
         document[tag] = {"vr": pixel.vr, "BulkDataURI": uri(tag)}
     return document
+
+
+class _FreshHeaders:
+    """Headers the ingest parsed from the bytes it just stored, by blob key, until the
+    series' metadata takes them: reading them back from the store (and decrypting them)
+    cost more than building the document. Keys name the bytes (their SHA-256), so an entry
+    can only describe its own blob; what does not fit, or another worker process stored,
+    is read from the store as before."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self._headers: OrderedDict[str, Header] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, blob_key: str, header: Header) -> None:
+        with self._lock:
+            self._headers[blob_key] = header
+            while len(self._headers) > self.SIZE:
+                self._headers.popitem(last=False)
+
+    def take(self, blob_key: str) -> Header | None:
+        with self._lock:
+            return self._headers.pop(blob_key, None)
+
+
+_fresh = _FreshHeaders()
+
+
+def remember_header(blob_key: str, header: Header) -> None:
+    """Hand the header of a just-stored blob to the next metadata refresh of its series."""
+    _fresh.put(blob_key, header)
 
 
 _pool: ThreadPoolExecutor | None = None
