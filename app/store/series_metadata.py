@@ -44,16 +44,13 @@ UriFor = Callable[[Instance], BulkDataUri]
 
 
 def instance_metadata(blobs: BlobStore, instance: Instance, uri_for: UriFor) -> JsonDataset:
-    """One stored instance's DICOM JSON, from the bytes before its pixel data: those the
-    ingest just parsed (`remember_header`) or else those read back from its blob."""
-    header = _fresh.take(instance.blob_key)
-    if header is None:
-        header = read_instance_header(
-            lambda start, end: blobs.read_range(instance.blob_key, start, end),
-            instance.header_length,
-            instance.size,
-            instance.transfer_syntax_uid,
-        )
+    """One stored instance's DICOM JSON, from the bytes before its pixel data."""
+    header = read_instance_header(
+        lambda start, end: blobs.read_range(instance.blob_key, start, end),
+        instance.header_length,
+        instance.size,
+        instance.transfer_syntax_uid,
+    )
     return header_metadata(header, uri_for(instance))
 
 
@@ -119,18 +116,23 @@ def build_series_metadata(blobs: BlobStore, instances: list[Instance], uri_for: 
 def _documents(
     blobs: BlobStore, instances: list[Instance], uri_for: UriFor, known: dict[str, JsonDataset]
 ) -> list[JsonDataset]:
-    """The instances' documents; those in `known` (by SOP Instance UID) are not read again."""
-    missing = [i for i in instances if i.sop_uid not in known]
-    if len(missing) > 1:
-        built = dict(
-            zip(
-                (i.sop_uid for i in missing),
-                _readers().map(lambda i: instance_metadata(blobs, i, uri_for), missing),
-                strict=True,
-            )
-        )
+    """The instances' documents; those in `known` (by SOP Instance UID) are not built again,
+    those whose header the ingest handed over (`remember_header`) are not read."""
+    built: dict[str, JsonDataset] = {}
+    to_read: list[Instance] = []
+    for instance in instances:
+        if instance.sop_uid in known:
+            continue
+        header = _fresh.take(instance.blob_key)
+        if header is None:
+            to_read.append(instance)
+        else:  # no I/O: built here, not by the pool's threads contending for the GIL
+            built[instance.sop_uid] = header_metadata(header, uri_for(instance))
+    if len(to_read) > 1:
+        read = _readers().map(lambda i: instance_metadata(blobs, i, uri_for), to_read)
+        built.update(zip((i.sop_uid for i in to_read), read, strict=True))
     else:
-        built = {i.sop_uid: instance_metadata(blobs, i, uri_for) for i in missing}
+        built.update((i.sop_uid, instance_metadata(blobs, i, uri_for)) for i in to_read)
     return [known.get(i.sop_uid) or built[i.sop_uid] for i in instances]
 
 
