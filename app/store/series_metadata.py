@@ -6,7 +6,9 @@ what changed: instances already in the previous document keep their part of it, 
 read. Each part is the DICOM JSON (PS3.18 Annex F) of one instance, from its blob's *header only*
 (`Instance.header_length` bytes, plus the 12 bytes of the pixel data element's header), never
 its pixel data (deflated files, rare and small, are read whole: they have no pixel offset).
-Every bulk value, pixel data always, becomes a BulkDataURI.
+An instance this process has just stored is not read back: the ingest hands over the header
+it parsed from the very bytes it stored (`remember_header`). Every bulk value, pixel data
+always, becomes a BulkDataURI.
 
 The ETag is the SHA-256 of the uncompressed JSON, and the blob key carries it, so a document is
 never overwritten by another: a computation that raced with a new instance cannot replace a
