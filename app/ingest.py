@@ -299,7 +299,8 @@ def _ingest_one(
     try:
         if accept is not None and (refusal := accept(result)) is not None:
             return FileResult(src, Outcome.FAILED, result, refusal, Cause.REFUSED)
-        facts, header = _read_output(prepared)
+        output = _read_output(prepared)
+        facts = output.facts
         if result.linkage and result.patient_pseudonym not in recorded:
             # Before the data is visible: no stored pseudonym without its way back.
             stores.vault.record_linkage(project_id, result.patient_pseudonym, result.linkage)
@@ -312,7 +313,7 @@ def _ingest_one(
         key = layout.instance_key(
             project_id, facts.study_uid, facts.series_uid, facts.sop_uid, facts.sha256
         )
-        _put(stores.blobs, key, prepared)
+        _put(stores.blobs, key, output)
         try:
             with telemetry.span("index.upsert"):
                 added = index_repo.upsert_instance(stores.index, project_id, facts, key)
@@ -322,7 +323,7 @@ def _ingest_one(
             stores.blobs.delete(key)
             raise
         if added is index_repo.Added.STORED:
-            remember_header(key, header)
+            remember_header(key, output.header)
             return FileResult(src, Outcome.STORED, result)
         return FileResult(src, Outcome.ALREADY_PRESENT, result)
     except (UnstorableInstance, UnreadableInput) as exc:
@@ -338,12 +339,28 @@ def _ingest_one(
         prepared.close()
 
 
-def _read_output(prepared: Prepared) -> tuple[InstanceFacts, Header]:
-    """The index facts and the parsed header of the bytes about to be stored.
+# Outputs up to this size are read once: hashed and stored from the same bytes. Larger ones
+# are read again as they are stored, and their digest checked before the blob is committed.
+# Either way the stored bytes are those hashed, even if someone still writes the input (a
+# folder given to `depot ingest` may be an export in progress).
+READ_ONCE = 16 * 1024 * 1024
+
+
+@dataclass
+class _Output:
+    """What `_put` stores, as `_read_output` found it."""
+
+    facts: InstanceFacts
+    header: Header  # for the series metadata
+    body: Iterable[bytes]  # the bytes to store, checked against facts.sha256 on the way in
+
+
+def _read_output(prepared: Prepared) -> _Output:
+    """The index facts, the parsed header and the bytes of the instance about to be stored.
 
     Nothing is written first: the header parsed is the one just encoded, followed by the
     pixel data element's own header (its layout), and the hash covers every byte `_put`
-    will store, pixel data read from the input as `_put` will read it.
+    will store.
     """
     size = prepared.size
     if prepared.pixels is not None:  # the encoded header ends where pixel data starts
@@ -355,20 +372,37 @@ def _read_output(prepared: Prepared) -> tuple[InstanceFacts, Header]:
         lambda start, end: head[start:end], header_length, size, prepared.transfer_syntax
     )
     sha256 = hashlib.sha256()
-    for chunk in prepared.chunks():
-        sha256.update(chunk)
+    if size <= READ_ONCE:
+        body: Iterable[bytes] = list(prepared.chunks())
+        for chunk in body:
+            sha256.update(chunk)
+    else:
+        for chunk in prepared.chunks():
+            sha256.update(chunk)
+        body = _as_hashed(prepared.chunks(), sha256.hexdigest())
     facts = instance_facts(
         header.dataset, size=size, sha256=sha256.hexdigest(), header_length=header_length
     )
-    return facts, header
+    return _Output(facts, header, body)
 
 
-def _put(blobs: BlobStore, key: str, prepared: Prepared) -> None:
+def _as_hashed(chunks: Iterable[bytes], expected: str) -> Iterator[bytes]:
+    """`chunks`, then UnreadableInput instead of their end if they hash otherwise: the store
+    drops the blob, which would not hold the bytes the index describes."""
+    sha256 = hashlib.sha256()
+    for chunk in chunks:
+        sha256.update(chunk)
+        yield chunk
+    if sha256.hexdigest() != expected:
+        raise UnreadableInput("the input changed while it was being stored")
+
+
+def _put(blobs: BlobStore, key: str, output: _Output) -> None:
     """Stream the pseudonymized instance into the store (sealed as it goes in when
     encryption at rest is on); the blob appears whole or not at all."""
     try:
-        with telemetry.span("store.blob_put", {"depot.bytes": prepared.size}):
-            blobs.put(key, prepared.chunks(), content_type=DICOM_CONTENT_TYPE)
+        with telemetry.span("store.blob_put", {"depot.bytes": output.facts.size}):
+            blobs.put(key, output.body, content_type=DICOM_CONTENT_TYPE)
     except (BlobStoreError, UnreadableInput):
         raise
     except OSError as exc:  # the filesystem store's own failures: full disk, permissions

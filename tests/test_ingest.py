@@ -31,6 +31,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
+from app import ingest
 from app.cli import app as cli_app
 from app.config import Settings
 from app.dicom.json_model import to_dicom_json
@@ -795,3 +796,47 @@ def test_the_sweep_removes_dead_runs_scratch_folders_and_keeps_live_ones(depot: 
         swept = sweep_orphans("alpha", depot.stores, timedelta(0))
         assert swept.scratch_folders == 1 and not dead.exists()
         assert (live / "00000.part").exists()
+
+
+def _rewrite_pixels_once_hashed(path: Path, monkeypatch: pytest.MonkeyPatch) -> slice:
+    """Between hashing an instance and storing it, someone rewrites 64 bytes in the middle of
+    the input (pixel data): an export still in progress. The digest lookup runs in between."""
+    real = index_repo.stored_digest
+    middle = path.stat().st_size // 2
+
+    def lookup_then_rewrite(*args, **kwargs):
+        with open(path, "r+b") as fp:
+            fp.seek(middle)
+            piece = fp.read(64)
+            fp.seek(middle)
+            fp.write(bytes(b ^ 0xFF for b in piece))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_repo, "stored_digest", lookup_then_rewrite)
+    return slice(middle, middle + 64)
+
+
+def test_an_input_rewritten_while_streamed_into_the_store_is_refused_whole(
+    depot: Depot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    [src] = ct_series(tmp_path / "in", 1)  # pixel data up to the end of the file
+    monkeypatch.setattr(ingest, "READ_ONCE", 0)  # read again as it is stored
+    _rewrite_pixels_once_hashed(src, monkeypatch)
+    report = depot.ingest([src])
+    assert [f.reason for f in report.failures] == ["the input changed while it was being stored"]
+    assert index_repo.list_instances(depot.index, "alpha") == []
+    assert not list(depot.blobs.list("projects/alpha"))  # no blob, whole or partial
+
+
+def test_an_instance_read_once_is_stored_as_hashed_even_if_its_input_changes(
+    depot: Depot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    [src] = ct_series(tmp_path / "in", 1)  # pixel data up to the end of the file
+    original = src.read_bytes()
+    rewritten = _rewrite_pixels_once_hashed(src, monkeypatch)
+    report = depot.ingest([src])
+    assert len(report.stored) == 1
+    [row] = index_repo.list_instances(depot.index, "alpha")
+    data = blob_bytes(depot.blobs, row.blob_key)
+    assert hashlib.sha256(data).hexdigest() == row.sha256
+    assert original[rewritten] in data and src.read_bytes()[rewritten] not in data
