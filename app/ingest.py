@@ -62,12 +62,13 @@ METADATA_BASE_URL = ""
 
 @dataclass
 class Stores:
-    """Everything ingest writes to: the index, the blobs, the vault, a scratch folder."""
+    """Everything ingest writes to: the index, the blobs, the vault, and the scratch folder
+    that STOW-RS request bodies are written to before they are ingested."""
 
     index: Engine
     blobs: BlobStore
     vault: Vault
-    scratch: Path  # pseudonymized files in transit; on the blob store's filesystem by default
+    scratch: Path  # STOW-RS parts (identifiable) in transit, under the data dir
 
     @classmethod
     def from_settings(cls, settings: Settings, vault: Vault | None = None) -> Stores:
@@ -100,7 +101,7 @@ class Cause(enum.Enum):
     CONFLICT = "conflict"  # the index holds something incompatible
     REFUSED = "refused"  # the caller's `accept` check said no (STOW-RS study mismatch)
     NOT_ATTACHED = "not attached"  # a derived object outside the project's studies/patients
-    IO = "io"  # scratch space could not be read or written
+    IO = "io"  # the input (a file, a STOW-RS part in scratch) could not be read
 
 
 @dataclass

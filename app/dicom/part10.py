@@ -17,6 +17,7 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -30,6 +31,7 @@ LONG_LENGTH_VRS = frozenset(
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 ITEM, SEQUENCE_DELIMITER, TRAILING_PADDING = 0xFFFEE000, 0xFFFEE0DD, 0xFFFCFFFC
 UNDEFINED_LENGTH = 0xFFFFFFFF
+READ_CHUNK = 1 << 20  # bytes read at a time when pixel data goes through Python
 _VR_BYTES = frozenset(
     v.encode()
     for v in LONG_LENGTH_VRS
@@ -228,12 +230,19 @@ def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
                 raise TruncatedData("truncated pixel data")
             offset += sent
     except (AttributeError, OSError):  # another OS or file system: through a buffer
-        while offset < end:
-            chunk = os.pread(src_fd, min(1 << 20, end - offset), offset)
-            if not chunk:
-                raise TruncatedData("truncated pixel data") from None
+        for chunk in pread_chunks(src_fd, offset, end):
             write_all(dst_fd, chunk)
-            offset += len(chunk)
+
+
+def pread_chunks(fd: int, start: int, end: int, size: int = READ_CHUNK) -> Iterator[bytes]:
+    """The file's bytes [start, end), `size` at most at a time (`os.pread`: the file
+    position is left alone). TruncatedData if the file ends first."""
+    while start < end:
+        chunk = os.pread(fd, min(size, end - start), start)
+        if not chunk:
+            raise TruncatedData("truncated pixel data")
+        yield chunk
+        start += len(chunk)
 
 
 # Outputs written past the page cache (O_DIRECT) go through one aligned buffer per thread.

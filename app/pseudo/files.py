@@ -31,11 +31,13 @@ from pydicom.uid import (
 
 from app import __version__
 from app.dicom.part10 import (
+    READ_CHUNK,
     UNDEFINED_LENGTH,
     TruncatedData,
     encode_dataset,
     encode_file_meta,
     pixel_data_end,
+    pread_chunks,
     write_all,
     write_spliced,
 )
@@ -45,7 +47,6 @@ from app.pseudo.engine import DeidentificationError, InstanceResult
 # Our implementation's identity in every file meta we write (PS3.7 D.3.3.2).
 IMPLEMENTATION_CLASS_UID = "2.25.197004375934389146542297316516418356237"
 IMPLEMENTATION_VERSION = f"DEPOT_{__version__}"[:16]
-COPY_CHUNK = 1 << 20  # pixel bytes read at a time by `Prepared.chunks`
 _READ_ERRORS = (InvalidDicomError, EOFError, struct.error, ValueError, KeyError, OSError)
 
 
@@ -172,7 +173,7 @@ class Prepared:
         start, end = self.pixels
         return self.header + os.pread(self.source.fileno(), min(count, end - start), start)
 
-    def chunks(self, size: int = COPY_CHUNK) -> Iterator[bytes]:
+    def chunks(self, size: int = READ_CHUNK) -> Iterator[bytes]:
         """The output's bytes: the header, then the pixel data read `size` at a time.
 
         UnreadableInput if the source ends early. For a store that takes chunks (`BlobStore.
@@ -181,14 +182,10 @@ class Prepared:
         yield self.header
         if self.source is None or self.pixels is None:
             return
-        fd = self.source.fileno()
-        position, end = self.pixels
-        while position < end:
-            chunk = os.pread(fd, min(size, end - position), position)
-            if not chunk:
-                raise UnreadableInput("the file ends inside its pixel data")
-            yield chunk
-            position += len(chunk)
+        try:
+            yield from pread_chunks(self.source.fileno(), *self.pixels, size)
+        except TruncatedData as exc:
+            raise UnreadableInput(str(exc)) from exc
 
     def close(self) -> None:
         if self.source is not None:

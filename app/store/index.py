@@ -29,7 +29,7 @@ def index_engine(url: str) -> Engine:
     # pool hands it out. A SQLite file's cannot, and the test cost a query per checkout.
     embedded = make_url(url).get_backend_name() == "sqlite"
     engine = create_engine(url, pool_pre_ping=not embedded)
-    if engine.dialect.name == "sqlite":
+    if embedded:
         event.listen(engine, "connect", _sqlite_pragmas)
     if current_revision(engine) != SCHEMA_REVISION:
         migrate(engine)

@@ -37,7 +37,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Date,
-    DateTime,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -45,34 +44,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.sql import false
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from app.timestamps import UtcDateTime, utc_now
+
 UID = String(64)
-
-
-def utc_now() -> dt.datetime:
-    """The time every timestamp column is written in."""
-    return dt.datetime.now(dt.UTC)
-
-
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A timestamp in UTC: SQLite hands them back without their zone."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-class UtcDateTime(TypeDecorator):
-    """A timestamp column that reads back in UTC on every database, so no caller patches
-    zones: SQLite drops the zone it was written with, PostgreSQL answers in its session's."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
-        value = as_utc(value)
-        return value.astimezone(dt.UTC) if value is not None else None
 
 
 def _timestamp() -> Column:

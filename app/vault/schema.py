@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
-    DateTime,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -16,6 +15,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from app.timestamps import UtcDateTime
 
 PROJECT_ID_MAX = 128
 PSEUDONYM_MAX = 255
@@ -37,7 +38,7 @@ project_keys = Table(
     metadata,
     Column("project_id", String(PROJECT_ID_MAX), primary_key=True),
     Column("wrapped_key", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 # The per-project data key of encryption at rest (app.store.encryption), wrapped like the
@@ -53,7 +54,7 @@ data_keys = Table(
         primary_key=True,
     ),
     Column("wrapped_key", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 linkages = Table(
@@ -62,7 +63,7 @@ linkages = Table(
     Column("project_id", String(PROJECT_ID_MAX), primary_key=True),
     Column("pseudonym", String(PSEUDONYM_MAX), primary_key=True),
     Column("sealed_identifiers", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 reidentifications = Table(
@@ -73,6 +74,6 @@ reidentifications = Table(
     Column("pseudonym", String(PSEUDONYM_MAX), nullable=False),
     Column("actor", String(ACTOR_MAX), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("outcome", String(32), nullable=False),
 )

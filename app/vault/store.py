@@ -10,13 +10,13 @@ import json
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, create_engine, delete, event, insert, select
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from app.config import Settings
+from app.timestamps import utc_now
 from app.vault import schema
 from app.vault.crypto import KEY_BYTES, Sealer, associated_data
 from app.vault.errors import (
@@ -169,7 +169,7 @@ class Vault:
         """A new random 256-bit key, and its row: wrapped by the master key, bound by `aad`."""
         key = secrets.token_bytes(KEY_BYTES)
         wrapped = self._sealer.seal(key, aad)
-        return key, {"project_id": project_id, "wrapped_key": wrapped, "created_at": _now()}
+        return key, {"project_id": project_id, "wrapped_key": wrapped, "created_at": utc_now()}
 
     def _wrapped(self, table: Table, project_id: str) -> bytes | None:
         """A wrapped key of `table` (project keys, data keys), None when there is none."""
@@ -214,7 +214,7 @@ class Vault:
             raise ProjectKeyMissing(f"project {project_id!r} has no key; create it before linking")
         existing = self._sealed_linkages(conn, project_id, wanted)
         rows = []
-        now = _now()
+        now = utc_now()
         for pseudonym, identifiers in wanted.items():
             if pseudonym in existing:
                 if self._open_linkage(project_id, pseudonym, existing[pseudonym]) != identifiers:
@@ -270,7 +270,7 @@ class Vault:
                     "pseudonym": pseudonym,
                     "actor": actor,
                     "reason": reason,
-                    "at": _now(),
+                    "at": utc_now(),
                     "outcome": outcome,
                 },
             )
@@ -291,7 +291,7 @@ class Vault:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [{**row, "at": _as_utc(row["at"])} for row in rows]
+        return [dict(row) for row in rows]
 
     # --- internals ----------------------------------------------------------------------
 
@@ -378,15 +378,6 @@ def _check_identifiers(identifiers: object) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in identifiers.items()):
         raise TypeError("identifiers must map str to str (values not shown: they identify)")
     return dict(identifiers)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _sqlite_secure_delete(dbapi_connection: Any, _record: Any) -> None:
