@@ -16,6 +16,7 @@ from app.dicom.multipart import (
     MultipartError,
     Part,
     content_type,
+    message_length,
     new_boundary,
     parse_content_type,
     read_parts,
@@ -217,6 +218,21 @@ async def test_written_parts_read_back_identical_at_any_chunk_size(chunk, size):
     assert [headers for headers, _ in read] == [
         {"content-type": "application/dicom", "content-location": f"/i/{i}"} for i in range(9)
     ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 9])
+async def test_the_announced_length_is_the_written_length(count):
+    """A retrieval sent as stored announces its Content-Length from the parts' sizes."""
+    rng = random.Random(count)
+    boundary = new_boundary()
+    parts = _parts(rng, boundary, count, 5000)
+    if parts:  # a streamed body counts the same as a whole one
+        parts[0] = Part(parts[0].headers, _aiter([b"abc", b"", b"defg"]))
+    sizes = [7 if i == 0 else len(p.body) for i, p in enumerate(parts)]
+    announced = message_length(boundary, zip([p.headers for p in parts], sizes, strict=True))
+    assert announced == len(await _written(parts, boundary))
+    with pytest.raises(MultipartError):
+        message_length("bad boundary ", [])
 
 
 async def test_streamed_bodies_are_written_chunk_by_chunk_unchanged():

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
+import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 from PIL import Image
@@ -21,7 +22,9 @@ from pydicom import dcmread
 from pydicom.encaps import generate_frames
 
 from app.dicom.multipart import parse_content_type, read_parts
+from app.dicomweb.wado_context import blob_chunks
 from app.store import index_repo
+from app.store.encryption import BlobIntegrityError
 from tests.identities import Identity, leaked_tokens, write_injected
 from tests.samples import ct_series, sample
 
@@ -141,6 +144,8 @@ def test_study_series_and_instance_retrieval_return_the_stored_pseudonymized_ins
 
     response = research.get(f"{ROOT}/studies/{study_uid}", headers={"Accept": DICOM_PARTS})
     assert response.status_code == 200
+    # Sent as stored, the message's length is known from the index: announced, and exact.
+    assert int(response.headers["content-length"]) == len(response.content)
     media_type, params = parse_content_type(response.headers["content-type"])
     assert (media_type, params["type"]) == ("multipart/related", "application/dicom")
     parts = multipart(response)
@@ -163,6 +168,7 @@ def test_study_series_and_instance_retrieval_return_the_stored_pseudonymized_ins
     assert body == stored(research, one.sop_uid)[1]
     single = research.get(url_of(one), headers={"Accept": "application/dicom"})
     assert single.status_code == 200 and single.content == body
+    assert int(single.headers["content-length"]) == len(body)
     assert single.headers["content-type"].startswith("application/dicom")
     # Single-part application/dicom is for one instance only: a study answers 406.
     refused = research.get(f"{ROOT}/studies/{study_uid}", headers={"Accept": "application/dicom"})
@@ -195,7 +201,12 @@ def test_transfer_syntaxes_are_negotiated_from_the_accept_header(research):
     assert decoded.SOPInstanceUID == compressed.sop_uid
 
     # Implicit VR is never sent (8.7.3): header re-encoded, pixel bytes copied unchanged.
-    [(part, body)] = multipart(research.get(url_of(native)))
+    # Its size is known only once made: no Content-Length (chunked), for one or many.
+    answer = research.get(url_of(native))
+    assert "content-length" not in answer.headers
+    study = research.get(f"{ROOT}/studies/{native.study_uid}")
+    assert len(multipart(study)) == 1 and "content-length" not in study.headers
+    [(part, body)] = multipart(answer)
     converted = dcmread(io.BytesIO(body))
     assert converted.file_meta.TransferSyntaxUID == EXPLICIT_LE and not converted.is_implicit_VR
     assert md5(converted.PixelData) == md5(dcmread(implicit).PixelData)
@@ -212,6 +223,22 @@ def test_transfer_syntaxes_are_negotiated_from_the_accept_header(research):
     for refused in ("text/html", 'multipart/related; type="application/dicom+xml"'):
         answer = research.get(url_of(compressed), headers={"Accept": refused})
         assert answer.status_code == 406 and "detail" in answer.json()
+
+
+def test_a_blob_not_of_its_indexed_size_is_never_served(research, tmp_path: Path):
+    """Responses announce the indexed sizes: a blob that differs cuts them, both ways."""
+    [result] = ingest(research, ct_series(tmp_path / "ct", 1))
+    instance, blob = stored(research, result.sop_uid)
+    blobs = research.stores.blobs
+    for altered in (blob[:-1], blob + b"\0"):
+        blobs.put(instance.blob_key, [altered])  # sealed again: it authenticates, wrong size
+        with pytest.raises(BlobIntegrityError, match="than the index records"):
+            list(blob_chunks(blobs, instance.blob_key, instance.size))
+        for accept in (DICOM_PARTS, "application/dicom"):
+            with pytest.raises(BlobIntegrityError):
+                research.get(url_of(result), headers={"Accept": accept})
+    blobs.put(instance.blob_key, [blob])
+    assert multipart(research.get(url_of(result)))[0][1] == blob
 
 
 # --- metadata ------------------------------------------------------------------------------------

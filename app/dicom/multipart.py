@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
@@ -141,6 +141,22 @@ def _part_head(boundary: bytes, headers: dict[str, str], first: bool) -> bytes:
         except UnicodeEncodeError as exc:
             raise MultipartError(f"part header {name!r} is not Latin-1") from exc
     return CRLF.join(lines) + CRLF + CRLF
+
+
+def message_length(boundary: str, parts: Iterable[tuple[dict[str, str], int]]) -> int:
+    """The exact length of `write_parts`' message for parts of these (headers, body length).
+
+    Lets a response whose part sizes are known go out with a Content-Length instead of
+    chunked transfer coding (uvicorn copies every chunk once more to frame it).
+    """
+    _check_boundary(boundary)
+    dash_boundary = b"--" + boundary.encode("ascii")
+    length = 0
+    first = True
+    for headers, body_length in parts:
+        length += len(_part_head(dash_boundary, headers, first)) + body_length
+        first = False
+    return length + len((b"" if first else CRLF) + dash_boundary + b"--" + CRLF)
 
 
 async def write_parts(

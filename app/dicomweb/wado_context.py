@@ -46,7 +46,7 @@ from app.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
 from app.dicomweb.public_base import public_base
 from app.store import index_repo
 from app.store.blobs import BlobNotFound, BlobStore, BlobStoreError, readinto_full
-from app.store.encryption import project_blob_store
+from app.store.encryption import BlobIntegrityError, project_blob_store
 from app.store.index import index_engine
 from app.store.models import Instance, Series
 from app.vault import Vault
@@ -57,6 +57,7 @@ SERIES = f"{STUDY}/series/{{series_uid}}"
 INSTANCE = f"{SERIES}/instances/{{sop_uid}}"
 Route = tuple[str, Callable[..., Response], str]  # path, endpoint, route name
 CHUNK = 1024 * 1024  # even, so a big endian swap never splits a value
+STEP = 4 * CHUNK  # a multipart body is read this much at a time, one step ahead of sending
 _UID = re.compile(r"[0-9.]{1,64}")
 _UNAVAILABLE = status.HTTP_503_SERVICE_UNAVAILABLE
 _Row = TypeVar("_Row", Instance, Series)
@@ -215,26 +216,29 @@ def read_header(blobs: BlobStore, instance: Instance) -> Header:
     )
 
 
-def blob_chunks(blobs: BlobStore, key: str, size: int = 0) -> Iterator[_Chunk]:
+def blob_chunks(blobs: BlobStore, key: str, size: int | None = None) -> Iterator[_Chunk]:
     """The blob's bytes, CHUNK at most at a time.
 
-    Up to `size` (its expected size), each chunk is read into a buffer of its own that a
-    sealed blob is decrypted straight into, so the plaintext is not copied again on its way
-    out; the buffer is not zeroed first (numpy.empty: a bytearray's zeroing costs as much
-    as the copy it saves), and only the bytes read into it are handed on. Past `size`
-    (none given, or a blob longer than expected), plain reads.
+    With `size` (what the index records), exactly that many bytes, each chunk read into a
+    buffer of its own that a sealed blob is decrypted straight into, so the plaintext is
+    not copied again on its way out; the buffer is not zeroed first (numpy.empty: a
+    bytearray's zeroing costs as much as the copy it saves). A blob of another size is a
+    BlobIntegrityError: a response announced with the indexed sizes (its Content-Length)
+    must never carry other bytes. Without `size`, plain reads to the end.
     """
     with blobs.open(key) as stream:
+        if size is None:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+            return
         while size > 0:
             buffer = memoryview(numpy.empty(min(size, CHUNK), numpy.uint8))
-            count = readinto_full(stream, buffer)
-            if count:
-                yield buffer[:count]
-            if count < len(buffer):
-                return
-            size -= count
-        while chunk := stream.read(CHUNK):
-            yield chunk
+            if readinto_full(stream, buffer) < len(buffer):
+                raise BlobIntegrityError(key, "shorter than the index records")
+            yield buffer
+            size -= len(buffer)
+        if stream.read(1):
+            raise BlobIntegrityError(key, "longer than the index records")
 
 
 def range_chunks(blobs: BlobStore, key: str, start: int, end: int) -> Iterator[bytes]:
@@ -357,15 +361,18 @@ async def threaded_parts(
     heads: Iterable[dict[str, str]], bodies: Iterable[Callable[[], Iterator[_Chunk]]]
 ) -> AsyncIterator[Part]:
     """Parts (headers, then their body's chunks) whose bodies are read on worker threads
-    CHUNK bytes or more at a time, across parts, one step ahead of the sending.
+    STEP bytes or more at a time, across parts, one step ahead of the sending.
 
     Why: a series is many small instances (a CT slice is half a MiB). A thread hop per
     chunk and another per end of instance, each waited for in turn, took more time than
-    reading and decrypting them; here two such instances take one hop, made while the
-    previous ones are sent. An error (a store failure, a blob that fails authentication)
-    cuts the response at the step that met it, as before: nothing from that step on is sent.
+    reading and decrypting them; here eight such instances take one hop, made while the
+    previous ones are sent. Steps of 4 MiB rather than 1 MiB cut a 500-slice series
+    retrieval by a third (fewer hops and fewer stalls of the sending: bench/dicomweb.py),
+    for at most two steps (8 MiB) of a response in memory. An error (a store failure, a
+    blob that fails authentication) cuts the response at the step that met it, as before:
+    nothing from that step on is sent.
     """
-    steps = read_ahead(_batched(_numbered(bodies), CHUNK))
+    steps = read_ahead(_batched(_numbered(bodies), STEP))
     ready: deque[tuple[int, _Chunk]] = deque()
 
     async def body(number: int) -> AsyncIterator[_Chunk]:
@@ -386,10 +393,22 @@ async def threaded_parts(
         await steps.aclose()
 
 
-def multipart(parts: AsyncIterator[Part], part_type: str, syntax: str | None = None) -> Response:
-    boundary = new_boundary()
+def multipart(
+    parts: AsyncIterator[Part],
+    part_type: str,
+    syntax: str | None = None,
+    *,
+    boundary: str | None = None,
+    length: int | None = None,
+) -> Response:
+    """A multipart/related answer; with `length` (`message_length` of the parts, counted
+    with `boundary`) it goes out with a Content-Length rather than chunked."""
+    boundary = boundary or new_boundary()
+    headers = None if length is None else {"Content-Length": str(length)}
     return StreamingResponse(
-        write_parts(parts, boundary), media_type=content_type(boundary, part_type, syntax)
+        write_parts(parts, boundary),
+        media_type=content_type(boundary, part_type, syntax),
+        headers=headers,
     )
 
 

@@ -11,7 +11,7 @@ image/png (a rendered frame, with `windowCenter`/`windowWidth`, `rows`/`columns`
 from __future__ import annotations
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.datastructures import QueryParams
 
 from app.auth.http import check_study
@@ -30,9 +30,8 @@ from app.dicomweb.wado_context import (
     check_uids,
     find_instance,
     invalid_as_400,
-    read_ahead,
 )
-from app.dicomweb.wado_instances import instance_chunks
+from app.dicomweb.wado_instances import instance_response
 from app.dicomweb.wado_rendered import build_rendering, render
 
 
@@ -80,8 +79,7 @@ def uri_routes(ctx: WadoContext) -> list[Route]:
             syntax = instance_syntax(query.get("transferSyntax"), instance.transfer_syntax_uid)
             if syntax is None:
                 raise NotAcceptable("the requested transfer syntax cannot be produced")
-            body = read_ahead(instance_chunks(ctx.blobs, instance, syntax))
-            return StreamingResponse(body, media_type=DICOM)
+            return instance_response(ctx.blobs, instance, syntax, DICOM)
         rendering = _uri_rendering(query, media_type)
         number = 1
         if "frameNumber" in query:
