@@ -147,12 +147,10 @@ def instance_chunks(
         yield from telemetry.counted_wado(_converted_chunks(blobs, instance))
 
 
-def known_length(instances: list[Instance], syntaxes: list[str]) -> int | None:
-    """The bytes `instance_chunks` will give for each instance, when all are sent as stored
-    (their indexed size); None when one is converted (its size is known once made)."""
-    if any(s != i.transfer_syntax_uid for i, s in zip(instances, syntaxes, strict=True)):
-        return None
-    return sum(i.size for i in instances)
+def sent_as_stored(instances: list[Instance], syntaxes: list[str]) -> bool:
+    """Whether every instance goes out as stored: `instance_chunks` then gives exactly its
+    indexed size, and the response's length is known before it starts."""
+    return all(s == i.transfer_syntax_uid for i, s in zip(instances, syntaxes, strict=True))
 
 
 def instance_response(
@@ -160,12 +158,9 @@ def instance_response(
 ) -> StreamingResponse:
     """One instance as a single-part answer (WADO-RS application/dicom, WADO-URI)."""
     chunks = read_ahead(instance_chunks(blobs, instance, syntax))
-    length = known_length([instance], [syntax])
-    return StreamingResponse(
-        chunks,
-        media_type=media_type,
-        headers=None if length is None else {"Content-Length": str(length)},
-    )
+    known = sent_as_stored([instance], [syntax])
+    headers = {"Content-Length": str(instance.size)} if known else None
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -203,11 +198,11 @@ def instance_routes(ctx: WadoContext) -> list[Route]:
             functools.partial(instance_chunks, blobs, instance, syntax)
             for instance, syntax in zip(instances, syntaxes, strict=True)
         )
-        # Sent as stored, every size is known: a Content-Length spares uvicorn a copy of
-        # every chunk to frame it (chunked coding), most of a series retrieval's main-thread
-        # time once reading is threaded.
+        # Sent as stored, every size is known: with a Content-Length, uvicorn no longer
+        # copies each chunk to frame it (chunked coding). A 500-slice series by curl: 274 ms
+        # chunked, 230 ms with the length (bench/dicomweb.py's data).
         boundary, length = new_boundary(), None
-        if known_length(instances, syntaxes) is not None:
+        if sent_as_stored(instances, syntaxes):
             sizes = (i.size for i in instances)
             length = message_length(boundary, zip(heads, sizes, strict=True))
         parts = threaded_parts(heads, bodies)
