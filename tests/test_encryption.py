@@ -22,6 +22,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import create_engine, select, text
 
 from app.dicom.multipart import parse_content_type, read_parts
@@ -104,6 +107,44 @@ def pieces(data: bytes, size: int) -> Iterator[bytes]:
 
 
 # --- the format ----------------------------------------------------------------------------------
+
+
+def _opened_by_the_documented_format(stored: bytes, data_key: bytes, key: str) -> bytes:
+    """The plaintext of a sealed blob, read by the format of the module docstring alone."""
+    header, body = stored[:HEADER_SIZE], stored[HEADER_SIZE:]
+    chunk, salt = int.from_bytes(header[12:16], "big"), header[16:32]
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"imaging-depot/blob/v1")
+    cipher = AESGCM(hkdf.derive(data_key))
+    spans = [body[i : i + chunk + TAG_SIZE] for i in range(0, len(body), chunk + TAG_SIZE)]
+    out = []
+    for index, span in enumerate(spans):
+        last = bytes([index == len(spans) - 1])
+        aad = header + index.to_bytes(8, "big") + last + key.encode()
+        out.append(cipher.decrypt(bytes(4) + index.to_bytes(8, "big"), span, aad))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("size", [0, 5, C, 2 * C + 7])
+def test_sealed_bytes_follow_the_format_however_the_plaintext_arrives(sealed, size: int):
+    """Chunks are sealed piece by piece as they arrive: any split gives the same plaintext
+    under the documented format, chunk boundaries and empty pieces included."""
+    data = plaintext(size, seed=3)
+    rng = random.Random(size)
+    cuts = sorted(rng.randrange(size + 1) for _ in range(6)) if size else []
+    ragged = [data[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True)]
+    splits = {
+        "whole": [data],
+        "ragged, with empty pieces": [b"", *ragged, b""],
+        "a byte, then the rest": [data[:1], data[1:]],
+        "at chunk boundaries": list(pieces(data, C)) or [b""],
+    }
+    data_key = sealed.keys.for_write("p")
+    for name, given in splits.items():
+        key = f"projects/p/{size}-{len(given)}.bin"
+        assert sealed.put(key, given) == size, name
+        stored = raw(sealed, key)
+        assert len(stored) == sealed_size(size), name
+        assert _opened_by_the_documented_format(stored, data_key._key, key) == data, name
 
 
 @pytest.mark.parametrize("size", [0, 1, C - 1, C, C + 1, 16 * C, 3 * MiB, 3 * MiB + 12345])

@@ -57,7 +57,7 @@ import struct
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +67,10 @@ from typing import TYPE_CHECKING, BinaryIO, ClassVar, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import GCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -89,10 +92,10 @@ VERSION = 1
 _HEADER = struct.Struct(">8sB3sI16s")
 HEADER_SIZE = _HEADER.size  # 32
 TAG_SIZE = 16
-# New blobs are sealed in chunks of 1 MiB. Each chunk is one AES-GCM call, and in the server
-# a call costs besides about what decrypting 64 KiB does (it hands the GIL to the event loop
-# and waits to take it back): chunks of 64 KiB doubled what encryption added to a series
-# retrieval. A CT slice (half a MiB) is one chunk, a frame of up to a MiB spans two at most.
+# New blobs are sealed in chunks of 1 MiB. Reading, each chunk is one AES-GCM call, and in
+# the server a call costs besides about what decrypting 64 KiB does (it hands the GIL to the
+# event loop and waits to take it back): chunks of 64 KiB doubled what encryption added to a
+# series retrieval. A CT slice (half a MiB) is one chunk, a frame of up to a MiB spans two at most.
 # A blob keeps the size it was written with (its header says it): 64 KiB for older ones.
 CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 1024, 16 * 1024 * 1024
@@ -159,10 +162,14 @@ class DataKey:
     def same_as(self, key: bytes) -> bool:
         return hmac.compare_digest(self._key, key)
 
-    def blob_cipher(self, salt: bytes) -> AESGCM:
-        """The AES-256-GCM key of the blob with this salt (HKDF-SHA256)."""
+    def blob_key(self, salt: bytes) -> bytes:
+        """The AES-256 key of the blob with this salt (HKDF-SHA256)."""
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO)
-        return AESGCM(hkdf.derive(self._key))
+        return hkdf.derive(self._key)
+
+    def blob_cipher(self, salt: bytes) -> AESGCM:
+        """The AES-256-GCM cipher of the blob with this salt."""
+        return AESGCM(self.blob_key(salt))
 
 
 class DataKeys(Protocol):
@@ -348,40 +355,65 @@ def _stored_size(stream: BinaryIO) -> int | None:
 
 
 class _Seal:
-    """Seals one blob's bytes as they stream in; counts the plaintext."""
+    """Seals one blob's bytes as they stream in; counts the plaintext.
+
+    Each chunk goes through GCM piece by piece (`Cipher`'s encryptor): the pieces it is
+    made of are held, not copied, until the next byte shows whether it is the last one (its
+    associated data says so, and GCM takes that before the first byte). Joining them first
+    for AESGCM.encrypt cost 0.58 ms for a 0.5 MB instance, against 0.06 ms this way: two
+    fresh half-MB buffers per blob, each page faulted in.
+    """
 
     def __init__(self, key: str, data_key: DataKey, chunk: int) -> None:
         salt = os.urandom(_SALT_SIZE)
         self.header = _HEADER.pack(MAGIC, VERSION, b"\0\0\0", chunk, salt)
-        self.cipher = data_key.blob_cipher(salt)
+        self._aes_key = data_key.blob_key(salt)
+        self.cipher = AESGCM(self._aes_key)  # for the reads that follow (EncryptedBlobStore)
         self.key = key.encode()
         self._chunk = chunk
         self._index = 0
         self.count = 0
 
-    def _seal(self, data: bytes | memoryview, last: bool) -> bytes:
+    def _seal(self, pieces: Iterable[memoryview], last: bool) -> Iterator[bytes]:
+        """One chunk's ciphertext, piece by piece, then its tag."""
         index = self._index
         self._index += 1
-        aad = _aad(self.header, index, last, self.key)
-        return self.cipher.encrypt(_NONCE.pack(index), data, aad)
+        encryptor = Cipher(AES(self._aes_key), GCM(_NONCE.pack(index))).encryptor()
+        encryptor.authenticate_additional_data(_aad(self.header, index, last, self.key))
+        for piece in pieces:
+            yield encryptor.update(piece)
+        yield encryptor.finalize() + encryptor.tag
 
     def chunks(self, plaintext: Iterable[bytes]) -> Iterator[bytes]:
         """The header, then each chunk sealed once the next byte shows it is not the last."""
         yield self.header
         size = self._chunk
-        pending = bytearray()
+        pending: deque[memoryview] = deque()  # the open chunk's pieces, and what follows
+        held = 0
         for piece in plaintext:
             self.count += len(piece)
-            pending += piece
-            if len(pending) <= size:
-                continue
-            done = 0
-            with memoryview(pending) as view:
-                while len(pending) - done > size:
-                    yield self._seal(view[done : done + size], last=False)
-                    done += size
-            del pending[:done]
-        yield self._seal(bytes(pending), last=True)
+            if piece:
+                pending.append(memoryview(piece))
+                held += len(piece)
+            while held > size:
+                yield from self._seal(_take(pending, size), last=False)
+                held -= size
+        yield from self._seal(pending, last=True)
+
+
+def _take(pending: deque[memoryview], size: int) -> list[memoryview]:
+    """The first `size` bytes of `pending` (which holds more), taken off it without copying."""
+    taken: list[memoryview] = []
+    while size:
+        first = pending[0]
+        if len(first) <= size:
+            taken.append(pending.popleft())
+            size -= len(first)
+        else:
+            taken.append(first[:size])
+            pending[0] = first[size:]
+            size = 0
+    return taken
 
 
 class _Scratch:
