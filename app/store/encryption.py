@@ -360,8 +360,8 @@ class _Seal:
     Each chunk goes through GCM piece by piece (`Cipher`'s encryptor): the pieces it is
     made of are held, not copied, until the next byte shows whether it is the last one (its
     associated data says so, and GCM takes that before the first byte). Joining them first
-    for AESGCM.encrypt cost 0.58 ms for a 0.5 MB instance, against 0.06 ms this way: two
-    fresh half-MB buffers per blob, each page faulted in.
+    for AESGCM.encrypt made sealing a 0.5 MB instance cost 0.63 ms, against 0.09 ms this way:
+    two more half-MB buffers per blob, freshly allocated.
     """
 
     def __init__(self, key: str, data_key: DataKey, chunk: int) -> None:
